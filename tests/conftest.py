@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny structured data and a CPU context, so method tests run in seconds."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(int(os.environ.get("UEBENCH_TEST_THREADS", "2")))
+
+SHARED_CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10_subset.npz"
+
+
+def tiny_images(n: int = 64, channels: int = 3, size: int = 16, classes: int = 4, seed: int = 0):
+    """Learnable toy images: a class-dependent smooth blob plus noise, in [0, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % classes
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
+    centres = torch.linspace(-0.6, 0.6, classes)
+    blob = torch.exp(-((xx[None] - centres[y, None, None]) ** 2 + yy[None] ** 2) / 0.1)   # (n, H, W)
+    x = 0.3 + 0.4 * blob[:, None].repeat(1, channels, 1, 1) + 0.1 * torch.rand(n, channels, size, size, generator=g)
+    return x.clamp(0, 1), y
+
+
+@pytest.fixture
+def tiny():
+    return tiny_images()
+
+
+@pytest.fixture
+def ctx(tmp_path):
+    from uebench.context import Context
+    from uebench.train import TrainConfig
+    return Context(device=torch.device("cpu"), seed=0, num_classes=4, image_shape=(3, 16, 16),
+                   model="smallcnn", train=TrainConfig(epochs=2, batch_size=32),
+                   dataset={"name": "tiny"}, cache_dir=tmp_path / "cache",
+                   artifact_dir=tmp_path / "artifacts", progress=False)
+
+
+@pytest.fixture
+def cifar_subset():
+    if not SHARED_CIFAR.exists():
+        pytest.skip(f"needs the shared CIFAR-10 subset at {SHARED_CIFAR} (present on the project's machines)")
+    return SHARED_CIFAR

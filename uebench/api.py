@@ -1,0 +1,162 @@
+"""The plugin API: what an attack and a defense are.
+
+Every image tensor crossing this API is float32, NCHW, in [0, 1]; labels are int64.
+Hyperparameters are dataclass fields with the paper's defaults, so ``EM(steps=10)``
+works, ``repr`` prints them, and :func:`hparams` turns them into the record.
+
+An **attack** turns the protected training images into perturbed images
+(:meth:`Attack.generate`). A **defense** turns a possibly poisoned training set, plus
+a clean reference set it may use, into a trained classifier (:meth:`Defense.fit`); the
+default ``fit`` purifies the data once and hands it to the shared trainer, which calls
+the defense's ``augment`` and ``loss`` hooks on every batch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+if TYPE_CHECKING:  # imported for type hints only, to keep plugin import light
+    from uebench.context import Context
+
+NORMS = ("linf", "l2", "l0", "none")
+PROTOCOLS = ("supervised", "contrastive")
+
+
+@dataclass(frozen=True)
+class ThreatModel:
+    """The budget an attack declares and the budget guard enforces.
+
+    ``linf``: max |δ| per pixel, on the [0, 1] scale (8/255 is the field's default).
+    ``l2``: the L2 norm of δ per image, on the [0, 1] scale.
+    ``l0``: the number of pixel positions (H×W locations) an image may change.
+    ``none``: no budget (only the valid pixel range is checked).
+    """
+
+    norm: str
+    eps: float
+
+    def __post_init__(self):
+        if self.norm not in NORMS:
+            raise ValueError(f"threat model norm must be one of {NORMS}, got {self.norm!r}")
+        if not (self.eps >= 0 and math.isfinite(self.eps)):
+            raise ValueError(f"threat model budget must be a finite number >= 0, got {self.eps!r}")
+
+    def __str__(self) -> str:
+        if self.norm == "linf":
+            return f"L∞ {self.eps * 255:g}/255"
+        if self.norm == "l2":
+            return f"L2 {self.eps:.3g}"
+        if self.norm == "l0":
+            return f"L0 {int(self.eps)} px"
+        return "unbounded"
+
+
+def hparams(method: Any) -> dict[str, Any]:
+    """The hyperparameters of an attack or defense instance, as plain JSON values."""
+    return {f.name: _plain(getattr(method, f.name)) for f in dataclasses.fields(method)}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return float(value)
+    return value
+
+
+class Method:
+    """What attacks and defenses share: metadata and dataclass hyperparameters.
+
+    Subclasses are ``@dataclass`` classes; their fields are the hyperparameters.
+    """
+
+    name: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    year: ClassVar[int] = 0
+    # Per-preset hyperparameter overrides, e.g. {"cpu": {"rounds": 5}, "smoke": {...}}:
+    # how the method is scaled down for small runs. The record stores the values used.
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    @classmethod
+    def for_preset(cls, preset: str, **overrides: Any) -> "Method":
+        """An instance with the preset's overrides, then the user's, applied."""
+        return cls(**{**cls.presets.get(preset, {}), **overrides})
+
+    @classmethod
+    def describe(cls) -> str:
+        """One line: the paper, for listings."""
+        return f"{cls.paper} ({cls.year})" if cls.year else cls.paper
+
+
+@dataclass
+class Attack(Method):
+    """An unlearnable-example generator. Override :meth:`generate` and :meth:`threat_model`.
+
+    ``target`` says which learner the attack aims at: ``supervised`` or ``contrastive``.
+    """
+
+    target: ClassVar[str] = "supervised"
+
+    def threat_model(self) -> ThreatModel:
+        raise NotImplementedError(f"{type(self).__name__} must declare its threat model")
+
+    def generate(self, x: torch.Tensor, y: torch.Tensor, ctx: "Context") -> torch.Tensor:
+        """Return the perturbed images (same shape as ``x``, values in [0, 1])."""
+        raise NotImplementedError
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, ctx: "Context") -> torch.Tensor:
+        torch.manual_seed(ctx.seed)
+        out = self.generate(x, y, ctx)
+        return out.detach().to("cpu", torch.float32).contiguous()
+
+
+@dataclass
+class Defense(Method):
+    """A countermeasure. Override any of the hooks; the default is standard training.
+
+    ``protocols`` lists the evaluation protocols the defense applies to (a defense that
+    changes the supervised loss does not apply to contrastive learning);
+    ``transforms_test`` is True when the defense also transforms test images.
+    """
+
+    protocols: ClassVar[tuple[str, ...]] = PROTOCOLS
+    transforms_test: ClassVar[bool] = False
+
+    def prepare(self, reference: tuple[torch.Tensor, torch.Tensor], ctx: "Context") -> None:
+        """Build shared state from the clean reference set (e.g. a diffusion model).
+
+        Runs once per table before any cell; implementations cache what they build
+        with ``ctx.cached`` so every cell reuses it.
+        """
+
+    def purify(self, x: torch.Tensor, y: torch.Tensor,
+               reference: tuple[torch.Tensor, torch.Tensor], ctx: "Context") -> torch.Tensor:
+        """Transform the whole training set once before training (identity by default)."""
+        return x
+
+    def augment(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Transform one training batch on the device, after crop and flip.
+
+        ``y`` arrives as int64 labels or (N, K) soft labels and may be returned soft.
+        """
+        return x, y
+
+    def loss(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+             epoch: int) -> torch.Tensor:
+        """The training loss on one batch (cross-entropy by default; soft labels allowed)."""
+        return F.cross_entropy(model(x), y)
+
+    def transform_test(self, x: torch.Tensor) -> torch.Tensor:
+        """Transform test images before evaluation; set ``transforms_test`` if overridden."""
+        return x
+
+    def fit(self, x: torch.Tensor, y: torch.Tensor,
+            reference: tuple[torch.Tensor, torch.Tensor], ctx: "Context") -> torch.nn.Module:
+        """Train a classifier on the (possibly poisoned) set ``x, y``."""
+        x = self.purify(x, y, reference, ctx)
+        return ctx.train_classifier(x, y, defense=self)

@@ -1,0 +1,172 @@
+"""Registries of attacks and defenses: built-ins, entry points and local plugin files.
+
+Entries are lazy ``"module:attr"`` strings (entry points) or classes (registered with
+the decorators); a module is imported only when its method is used or listed. A plugin
+that fails to import is recorded as broken with the reason and never breaks the
+others. Registering a different object under a taken name is an error.
+"""
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import importlib
+import importlib.util
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, Callable
+
+from uebench.api import Attack, Defense
+
+
+class UserError(Exception):
+    """A mistake the user can fix; the CLI prints it as one line and exits with code 2."""
+
+
+class PluginError(UserError):
+    """A plugin could not be loaded."""
+
+
+class Registry:
+    def __init__(self, kind: str, group: str, base: type):
+        self.kind, self.group, self.base = kind, group, base
+        self._entries: dict[str, Any] = {}      # name -> class or "module:attr"
+        self._loaded: dict[str, type] = {}
+        self._broken: dict[str, str] = {}       # name -> reason
+        self._discovered = False
+
+    # -- registration ---------------------------------------------------------------
+    def register(self, name: str, target: Any) -> None:
+        old = self._entries.get(name)
+        if old is not None and old != target and self._loaded.get(name) is not target:
+            raise PluginError(f"{self.kind} name {name!r} is already registered by {_origin(old)}; "
+                              f"rename the plugin {_origin(target)}")
+        self._entries[name] = target
+        self._broken.pop(name, None)
+
+    def decorator(self, cls: type) -> type:
+        """``@register_attack`` / ``@register_defense``: register a class under its ``name``."""
+        if not (isinstance(cls, type) and issubclass(cls, self.base)):
+            raise PluginError(f"@register_{self.kind} expects a subclass of {self.base.__name__}, got {cls!r}")
+        if not cls.name:
+            raise PluginError(f"{cls.__name__} has no 'name'; set name = \"...\" on the class")
+        self.register(cls.name, cls)
+        return cls
+
+    def discover(self) -> None:
+        """Read the entry-point group once (built-ins and installed third-party plugins)."""
+        if self._discovered:
+            return
+        self._discovered = True
+        for ep in entry_points(group=self.group):
+            try:
+                self.register(ep.name, ep.value)
+            except PluginError as err:
+                self._broken[ep.name] = str(err)
+
+    # -- lookup ---------------------------------------------------------------------
+    def names(self) -> list[str]:
+        self.discover()
+        return sorted(set(self._entries) | set(self._broken))
+
+    def get(self, name: str) -> type:
+        """The class registered as ``name``, importing it on first use."""
+        self.discover()
+        if name in self._loaded:
+            return self._loaded[name]
+        if name in self._broken:
+            raise PluginError(f"{self.kind} {name!r} is broken: {self._broken[name]}")
+        if name not in self._entries:
+            raise UserError(self._unknown(name))
+        target = self._entries[name]
+        try:
+            cls = _import(target) if isinstance(target, str) else target
+            if not (isinstance(cls, type) and issubclass(cls, self.base)):
+                raise TypeError(f"{target} is not a subclass of {self.base.__name__}")
+            if cls.name != name:
+                raise TypeError(f"{target} declares name {cls.name!r}, registered as {name!r}")
+        except Exception as err:  # isolate the broken plugin, keep the rest usable
+            self._broken[name] = f"{type(err).__name__}: {err}"
+            raise PluginError(f"{self.kind} {name!r} is broken: {self._broken[name]}") from err
+        self._loaded[name] = cls
+        return cls
+
+    def status(self) -> list[tuple[str, type | None, str]]:
+        """(name, class or None, problem) for every entry, importing each."""
+        rows = []
+        for name in self.names():
+            try:
+                rows.append((name, self.get(name), ""))
+            except PluginError:
+                rows.append((name, None, self._broken.get(name, "unknown error")))
+        return rows
+
+    def select(self, spec: str) -> list[str]:
+        """Names from ``all``, a comma list, or shell-style wildcards (``em*,tap``).
+
+        Unknown names and patterns that match nothing raise before any work starts.
+        """
+        names = self.names()
+        chosen: list[str] = []
+        for part in [p.strip() for p in spec.split(",") if p.strip()]:
+            if part == "all":
+                matches = names
+            elif any(ch in part for ch in "*?["):
+                matches = fnmatch.filter(names, part)
+                if not matches:
+                    raise UserError(f"no {self.kind} matches {part!r}; known: {', '.join(names)}")
+            elif part in names:
+                matches = [part]
+            else:
+                raise UserError(self._unknown(part))
+            chosen += [m for m in matches if m not in chosen]
+        if not chosen:
+            raise UserError(f"no {self.kind} selected; give names, wildcards or 'all'")
+        return chosen
+
+    def _unknown(self, name: str) -> str:
+        close = difflib.get_close_matches(name, self.names(), n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        return (f"unknown {self.kind} {name!r}: {hint}(run 'uebench list {self.kind}s' to see all; "
+                f"a plugin file needs --plugin PATH)")
+
+
+def _import(target: str) -> Any:
+    module, _, attr = target.partition(":")
+    obj = importlib.import_module(module)
+    for part in attr.split(".") if attr else []:
+        obj = getattr(obj, part)
+    return obj
+
+
+def _origin(target: Any) -> str:
+    if isinstance(target, str):
+        return target
+    return f"{getattr(target, '__module__', '?')}:{getattr(target, '__qualname__', target)}"
+
+
+ATTACKS = Registry("attack", "uebench.attacks", Attack)
+DEFENSES = Registry("defense", "uebench.defenses", Defense)
+register_attack: Callable[[type], type] = ATTACKS.decorator
+register_defense: Callable[[type], type] = DEFENSES.decorator
+
+
+def load_plugin(spec: str) -> None:
+    """Import a local plugin: a ``.py`` file path or a module path. Its classes register
+    themselves with ``@register_attack`` / ``@register_defense``."""
+    path = Path(spec)
+    try:
+        if spec.endswith(".py") or path.exists():
+            if not path.is_file():
+                raise UserError(f"plugin file {spec} does not exist; give a .py file or an importable module")
+            mod_name = f"uebench_plugin_{path.stem}"
+            module_spec = importlib.util.spec_from_file_location(mod_name, path)
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules[mod_name] = module
+            module_spec.loader.exec_module(module)
+        else:
+            importlib.import_module(spec)
+    except UserError:
+        raise
+    except Exception as err:
+        raise PluginError(f"plugin {spec} failed to import: {type(err).__name__}: {err}") from err
