@@ -1,0 +1,11 @@
+"""uebench: a benchmark of unlearnable examples and the countermeasures that break them.
+
+The flow, one module each: data (splits) → attack (poisons, budget-checked, cached) →
+defense (purify, transform, train) → evaluate → record (one JSON per cell) → leaderboard.
+"""
+__version__ = "0.1.0"
+
+from uebench.api import Attack, Defense, ThreatModel  # noqa: E402
+from uebench.registry import ATTACKS, DEFENSES, register_attack, register_defense  # noqa: E402
+
+__all__ = ["Attack", "Defense", "ThreatModel", "ATTACKS", "DEFENSES", "register_attack", "register_defense"]

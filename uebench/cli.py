@@ -1,0 +1,230 @@
+"""Command line: ``uebench run``, ``uebench list``, ``uebench leaderboard``.
+
+Exit codes: 0 all cells finished, 1 some cell failed (see its record), 2 bad input
+(one line on stderr saying what to do; nothing written).
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from uebench.registry import UserError
+
+DEFAULT_LEADERBOARD = Path("leaderboard/LEADERBOARD.md")
+
+
+def parse_value(text: str) -> Any:
+    """Hyperparameter values from the command line: 8/255, 0.1, 10, true, none, 1,2,2,2, text."""
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    if "/" in text:
+        try:
+            return float(Fraction(text))
+        except (ValueError, ZeroDivisionError):
+            pass
+    if "," in text:
+        return tuple(parse_value(part) for part in text.split(","))
+    return text
+
+
+def parse_params(items: list[str], flag: str) -> dict[str, dict[str, Any]]:
+    """``["em.rounds=5", "em.eps=8/255"]`` -> ``{"em": {"rounds": 5, "eps": 0.0313...}}``."""
+    params: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        method, dot, name = key.partition(".")
+        if not (sep and dot and method and name):
+            raise UserError(f"{flag} expects METHOD.NAME=VALUE (e.g. {flag} em.rounds=5), got {item!r}")
+        params.setdefault(method, {})[name.replace("-", "_")] = parse_value(value)
+    return params
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        if "-" in text and "," not in text:          # 0-2 means 0,1,2
+            lo, hi = text.split("-")
+            return list(range(int(lo), int(hi) + 1))
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"--seeds expects numbers like 0,1,2 or 0-4, got {text!r}") from None
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):   # bad flags: one line, exit code 2
+        raise UserError(f"{message} (see 'uebench {self.prog.split()[-1]} --help')")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="uebench", description="Benchmark unlearnable examples against countermeasures.")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+
+    run = sub.add_parser("run", help="run attacks x defenses x seeds and write records + the leaderboard")
+    run.add_argument("--attacks", default="all", help="'all', a comma list, or wildcards (em*,tap)")
+    run.add_argument("--defenses", default="all", help="'all', a comma list, or wildcards")
+    run.add_argument("--preset", default="demo", help="smoke | demo (default) | cpu | paper")
+    run.add_argument("--dataset", help="digits, fashion-mnist, cifar10, cifar100, svhn, npz:PATH, imagefolder:PATH")
+    run.add_argument("--data-root", help="where torchvision datasets live (default ~/.cache/uebench/data)")
+    run.add_argument("--download", action="store_true", help="allow downloading a torchvision dataset")
+    run.add_argument("--seeds", type=str, help="e.g. 0,1,2 or 0-2 (default: the preset's)")
+    run.add_argument("--model", help="victim (and default surrogate) architecture: smallcnn | resnet18")
+    run.add_argument("--protocol", help="supervised | contrastive")
+    for flag, kind in [("--epochs", int), ("--batch-size", int), ("--lr", float), ("--weight-decay", float),
+                       ("--n-reference", int), ("--n-protected", int), ("--train-subset", int),
+                       ("--test-subset", int)]:
+        run.add_argument(flag, type=kind, help="override the preset's value")
+    run.add_argument("--schedule", help="onecycle | cosine | multistep")
+    run.add_argument("-A", "--attack-param", action="append", default=[], metavar="ATTACK.NAME=VALUE",
+                     help="override an attack hyperparameter, e.g. -A em.rounds=5 -A tap.eps=16/255")
+    run.add_argument("-D", "--defense-param", action="append", default=[], metavar="DEFENSE.NAME=VALUE",
+                     help="override a defense hyperparameter, e.g. -D at.steps=5")
+    run.add_argument("--plugin", action="append", default=[], help="a plugin .py file or module (repeatable)")
+    run.add_argument("--results-dir", default="results", type=Path)
+    run.add_argument("--cache-dir", type=Path, help="poison and model cache (default RESULTS_DIR/.cache)")
+    run.add_argument("--leaderboard", default=DEFAULT_LEADERBOARD, type=Path, help="markdown file to (re)write")
+    run.add_argument("--no-leaderboard", action="store_true", help="do not rewrite the leaderboard")
+    run.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    run.add_argument("--jobs", type=int, default=1, help="cells run in parallel (joblib workers)")
+    run.add_argument("--backend", default="loky", help="joblib backend: loky | threading")
+    run.add_argument("--force", action="store_true", help="recompute finished cells")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+
+    lst = sub.add_parser("list", help="list registered attacks and defenses")
+    lst.add_argument("kind", nargs="?", choices=["attacks", "defenses"], help="only this kind")
+    lst.add_argument("--plugin", action="append", default=[], help="also load this plugin file or module")
+
+    board = sub.add_parser("leaderboard", help="re-render the markdown leaderboard from the records")
+    board.add_argument("--results-dir", default="results", type=Path)
+    board.add_argument("--out", default=DEFAULT_LEADERBOARD, type=Path)
+    board.add_argument("--check", action="store_true", help="exit 1 if OUT differs from the rendering")
+    return parser
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from uebench import leaderboard
+    from uebench.runner import RunSpec, make_plan, run
+
+    if args.jobs < 1:
+        raise UserError(f"--jobs must be >= 1, got {args.jobs}")
+    overrides = {k: getattr(args, k) for k in ("model", "protocol", "epochs", "batch_size", "lr", "weight_decay",
+                                                "n_reference", "n_protected", "train_subset", "test_subset",
+                                                "schedule") if getattr(args, k) is not None}
+    spec = RunSpec(attacks=args.attacks, defenses=args.defenses, preset=args.preset, dataset=args.dataset,
+                   seeds=parse_seeds(args.seeds) if args.seeds else None, overrides=overrides,
+                   attack_params=parse_params(args.attack_param, "-A"),
+                   defense_params=parse_params(args.defense_param, "-D"),
+                   results_dir=args.results_dir, cache_dir=args.cache_dir, data_root=args.data_root,
+                   download=args.download, device=args.device, jobs=args.jobs, backend=args.backend,
+                   force=args.force, progress=not args.quiet, plugins=args.plugin)
+    plan = make_plan(spec)
+    print(f"uebench: {plan.dataset.name}, table {plan.table_id}: {len(plan.cells)} cells, "
+          f"{len(plan.pending)} to run, {len(plan.cells) - len(plan.pending)} already finished", file=sys.stderr)
+    if args.dry_run:
+        for cell in plan.pending:
+            print(f"{cell.attack.folder}\t{cell.defense.folder}\tseed {cell.seed}")
+        return 0
+    if not args.no_leaderboard:
+        from uebench.runner import check_writable
+        check_writable(Path(args.leaderboard).parent)
+    records = run(spec, plan)
+    failed = [r for r in records if r["status"] == "failed"]
+    for r in failed:
+        print(f"FAILED {r.get('attack', {}).get('folder')} / {r.get('defense', {}).get('folder')} / "
+              f"seed {r.get('seed')}: {r['error']}", file=sys.stderr)
+    if not args.no_leaderboard:
+        out = leaderboard.write(args.results_dir, args.leaderboard)
+        print(f"uebench: leaderboard written to {out}", file=sys.stderr)
+    print(f"uebench: {len(records) - len(failed)} cells done, {len(failed)} failed; records in "
+          f"{plan.table_dir}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from uebench.budget import declared_threat_model
+    from uebench.registry import ATTACKS, DEFENSES, PluginError, load_plugin
+
+    broken_plugins = []
+    for plugin in args.plugin:
+        try:
+            load_plugin(plugin)
+        except PluginError as err:
+            broken_plugins.append(str(err))
+    for kind, registry in (("attacks", ATTACKS), ("defenses", DEFENSES)):
+        if args.kind and args.kind != kind:
+            continue
+        rows = []
+        for name, cls, problem in registry.status():
+            if cls is None:
+                rows.append([name, "BROKEN", "", "", problem])
+                continue
+            if kind == "attacks":
+                try:
+                    threat = str(declared_threat_model(cls(), (3, 32, 32)))
+                except Exception as err:   # a plugin whose defaults do not build
+                    threat = f"? ({type(err).__name__})"
+                rows.append([name, "ok", threat, cls.target, cls.describe()])
+            else:
+                rows.append([name, "ok", "", "/".join(cls.protocols), cls.describe()])
+        headers = ["name", "status", "threat model (32×32×3)" if kind == "attacks" else "", 
+                   "target" if kind == "attacks" else "protocols", "paper"]
+        print(f"{kind} ({len(rows)})")
+        print(tabulate(rows, headers=headers, tablefmt="simple"))
+        print()
+    for problem in broken_plugins:
+        print(f"BROKEN plugin: {problem}")
+    return 0
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from uebench import leaderboard
+    if not Path(args.results_dir).is_dir():
+        raise UserError(f"results directory {args.results_dir} does not exist; run 'uebench run' first "
+                        f"or pass --results-dir")
+    if args.check:
+        import os
+        link = os.path.relpath(Path(args.results_dir).resolve(), Path(args.out).parent.resolve())
+        expected = leaderboard.render(args.results_dir, results_link=Path(link).as_posix())
+        current = Path(args.out).read_text() if Path(args.out).exists() else ""
+        if current != expected:
+            print(f"uebench: {args.out} is out of date; run 'uebench leaderboard' and commit it", file=sys.stderr)
+            return 1
+        print(f"uebench: {args.out} matches {args.results_dir}", file=sys.stderr)
+        return 0
+    out = leaderboard.write(args.results_dir, args.out)
+    print(f"uebench: leaderboard written to {out}", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command is None:
+            build_parser().print_help()
+            return 2
+        handler = {"run": cmd_run, "list": cmd_list, "leaderboard": cmd_leaderboard}[args.command]
+        return handler(args)
+    except UserError as err:
+        print(f"uebench: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("uebench: interrupted; finished cells are kept, re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""The leaderboard: a pure function of a results directory.
+
+One table per (dataset, table id), i.e. per protocol: rows are the clean row and the
+attacks, columns the defenses, cells the clean test accuracy in percent (mean ± std over
+seeds, one decimal). The best defense per attack is in bold. The same records always
+give byte-identical markdown (no timestamps, everything sorted).
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from uebench.records import iter_records
+
+CLEAN, NONE = "clean", "none"
+
+
+def collect(results_dir: Path) -> tuple[dict[tuple[str, str], list[dict]], list[Path]]:
+    """Records grouped by (dataset folder, table id), and the paths of corrupt files."""
+    tables: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    corrupt = []
+    for path, record in iter_records(results_dir):
+        if record is None:
+            corrupt.append(path)
+            continue
+        record["_path"] = path.relative_to(results_dir).as_posix()
+        tables[(path.parts[-5], path.parts[-4])].append(record)
+    return dict(sorted(tables.items())), corrupt
+
+
+def _order(names: set[str], first: str) -> list[str]:
+    return ([first] if first in names else []) + sorted(names - {first})
+
+
+def _cell(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{100 * values[0]:.1f}"
+    return f"{100 * np.mean(values):.1f} ± {100 * np.std(values, ddof=1):.1f}"
+
+
+def render_table(records: list[dict], results_link: str = "../results") -> str:
+    """Markdown for one table's records."""
+    first = records[0]
+    table = first["table"]
+    rows = {r["attack"]["folder"] for r in records}
+    cols = {r["defense"]["folder"] for r in records}
+    scores: dict[tuple[str, str], list[float]] = defaultdict(list)
+    status: dict[tuple[str, str], set[str]] = defaultdict(set)
+    threat, figures, seeds, versions = {}, [], set(), set()
+    for r in sorted(records, key=lambda r: (r["attack"]["folder"], r["defense"]["folder"], r["seed"])):
+        key = (r["attack"]["folder"], r["defense"]["folder"])
+        status[key].add(r["status"])
+        threat[r["attack"]["folder"]] = r["attack"]["threat_model"]["text"]
+        seeds.add(r["seed"])
+        versions.add(f"{r.get('uebench_version', '?')} ({str(r.get('git_commit', '?'))[:12]})")
+        if r["status"] == "ok":
+            scores[key].append(r["metrics"]["test_acc"])
+            figure = (r.get("notes", {}).get("defense") or {}).get("figure")
+            if figure:
+                fig_path = Path(r["_path"]).with_suffix("") / figure
+                figures.append(f"[{key[0]} / {key[1]} / seed {r['seed']}]({results_link}/{fig_path.as_posix()})")
+
+    row_names, col_names = _order(rows, CLEAN), _order(cols, NONE)
+    body = []
+    for a in row_names:
+        means = {d: np.mean(scores[(a, d)]) for d in col_names if scores[(a, d)]}
+        best = max(means.values()) if means and a != CLEAN else None
+        line = {"attack": a, "budget": threat.get(a, "")}
+        for d in col_names:
+            if scores[(a, d)]:
+                text = _cell(scores[(a, d)])
+                line[d] = f"**{text}**" if best is not None and len(means) > 1 and means[d] == best else text
+            elif "not-applicable" in status[(a, d)]:
+                line[d] = "n/a"
+            elif "failed" in status[(a, d)]:
+                line[d] = "failed"
+            else:
+                line[d] = ""
+        body.append(line)
+    df = pd.DataFrame(body, columns=["attack", "budget", *col_names])
+
+    t, split = table["train"], table["split"]
+    ds = table["dataset"]
+    lines = [
+        f"## {ds['name']} · {table['protocol']} · {table['model']} · {t['epochs']} epochs (`{table['id']}`)",
+        "",
+        f"- **Protocol**: {table['protocol']}; victim `{table['model']}` trained {t['epochs']} epochs, SGD lr {t['lr']} "
+        f"({t['schedule']}), momentum {t['momentum']}{' Nesterov' if t['nesterov'] else ''}, weight decay "
+        f"{t['weight_decay']}, batch {t['batch_size']}, random crop (pad {t['crop_pad']} at 32 px) + flip; "
+        f"preset `{table['preset']}`.",
+        f"- **Data**: `{ds['name']}` ({ds['shape'][1]}×{ds['shape'][2]}×{ds['shape'][0]}); {split['n_protected']} "
+        f"protected / {split['n_reference']} clean reference (defenses may use it) / {split['n_test']} test images.",
+        f"- **Metric**: clean test accuracy (%), mean ± std over seeds {', '.join(map(str, sorted(seeds)))}; "
+        f"**bold**: best defense per attack; n/a: the defense does not apply to this protocol; "
+        f"budget: the attack's declared threat model, checked before training.",
+        f"- **uebench**: {', '.join(sorted(versions))}.",
+    ]
+    if table.get("contrastive"):
+        lines.append(f"- **Contrastive settings**: {table['contrastive']}.")
+    lines += ["", df.to_markdown(index=False, disable_numparse=True), ""]
+    failed = sorted({f"{r['attack']['folder']} / {r['defense']['folder']} / seed {r['seed']}: {r['error']}"
+                     for r in records if r["status"] == "failed"})
+    if failed:
+        lines += ["Failed cells:", ""] + [f"- {f}" for f in failed] + [""]
+    if figures:
+        lines += ["Purification examples (unlearnable / purified):", ""] + [f"- {f}" for f in sorted(figures)] + [""]
+    return "\n".join(lines)
+
+
+def render(results_dir: Path, results_link: str = "../results") -> str:
+    """The whole LEADERBOARD.md for ``results_dir``."""
+    tables, corrupt = collect(Path(results_dir))
+    parts = ["# uebench leaderboard", "",
+             "Generated by `uebench leaderboard` from the records under `results/`; do not edit by hand.", ""]
+    if not tables:
+        parts += ["No results yet: run `uebench run`.", ""]
+    for (_, _), records in tables.items():
+        parts.append(render_table(records, results_link))
+    if corrupt:
+        parts += ["Unreadable records (truncated or failing their checksum; re-run to redo them):", ""]
+        parts += [f"- `{p.relative_to(results_dir).as_posix()}`" for p in corrupt] + [""]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def write(results_dir: Path, out_path: Path) -> Path:
+    """Render and write atomically."""
+    import os
+    import tempfile
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    link = os.path.relpath(Path(results_dir).resolve(), out_path.parent.resolve())
+    text = render(results_dir, results_link=Path(link).as_posix())
+    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=".tmp-", suffix=".md")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, out_path)
+    return out_path

@@ -1,0 +1,98 @@
+"""Presets: named tables. Every value can be overridden by a CLI flag (``--epochs 30``).
+
+A preset fixes everything that makes two numbers comparable: data and splits, the
+victim model, the training recipe and the seeds. Methods scale themselves down for a
+preset through their own ``presets`` dict (see ``uebench.api.Method``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from uebench.registry import UserError
+from uebench.train import TrainConfig
+
+
+@dataclass
+class TableConfig:
+    """Everything that defines one table (one leaderboard), apart from attacks and defenses."""
+
+    preset: str
+    dataset: str
+    model: str
+    train: TrainConfig
+    seeds: tuple[int, ...] = (0,)
+    protocol: str = "supervised"     # supervised | contrastive
+    n_reference: int = 0             # clean reference split carved from the training set
+    n_protected: int | None = None   # cap on the protected set (None: the rest of the training set)
+    train_subset: int | None = None  # stratified subset of the dataset's training split
+    test_subset: int | None = None   # stratified subset of its test split
+    split_seed: int = 0              # fixed: every cell of a table sees the same split
+    contrastive: dict = field(default_factory=dict)  # ContrastiveConfig overrides (contrastive protocol)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # seconds: for tests
+    "smoke": dict(dataset="digits", model="smallcnn", seeds=(0,), n_reference=200, n_protected=400,
+                  test_subset=200, train=dict(epochs=3, batch_size=64, lr=0.05),
+                  contrastive=dict(epochs=2, batch_size=128, probe_epochs=5)),
+    # the default: the embedded digits on CPU, a few minutes for the whole grid
+    "demo": dict(dataset="digits", model="smallcnn", seeds=(0, 1), n_reference=300,
+                 train=dict(epochs=15, batch_size=64, lr=0.05),
+                 contrastive=dict(epochs=30, batch_size=256, probe_epochs=30)),
+    # CIFAR-10 at CPU scale: 10,000 / 2,000 images, the small CNN, minutes per cell
+    "cpu": dict(dataset="cifar10", train_subset=10_000, test_subset=2_000, model="smallcnn", seeds=(0,),
+                n_reference=2_000, train=dict(epochs=15, batch_size=128, lr=0.1),
+                contrastive=dict(epochs=30, batch_size=256, probe_epochs=30)),
+    # the published protocol (Huang et al. 2021; Liu et al. 2023): full CIFAR-10, ResNet-18,
+    # 60 epochs of SGD 0.1 (momentum 0.9, wd 5e-4, cosine), batch 128, crop + flip; GPU.
+    # 10,000 of the 50,000 training images are the clean reference split (as in BridgePure).
+    "paper": dict(dataset="cifar10", model="resnet18", seeds=(0, 1, 2), n_reference=10_000,
+                  train=dict(epochs=60, batch_size=128, lr=0.1, nesterov=False, schedule="cosine"),
+                  contrastive=dict()),
+}
+
+TRAIN_FIELDS = {f.name: f.type for f in fields(TrainConfig)}
+
+
+def table_config(preset: str, **overrides: Any) -> TableConfig:
+    """The preset's values with ``overrides`` applied (TrainConfig fields may be given flat)."""
+    if preset not in PRESETS:
+        import difflib
+        close = difflib.get_close_matches(preset, PRESETS, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise UserError(f"unknown preset {preset!r}: {hint}choose one of {', '.join(PRESETS)}")
+    values = {k: v for k, v in PRESETS[preset].items()}
+    train = TrainConfig(**values.pop("train"))
+    train_over = {k: overrides.pop(k) for k in list(overrides) if k in TRAIN_FIELDS and overrides[k] is not None}
+    try:
+        train = replace(train, **train_over)
+    except TypeError as err:
+        raise UserError(f"bad training override: {err}") from err
+    known = {f.name for f in fields(TableConfig)}
+    for key, value in overrides.items():
+        if key not in known:
+            raise UserError(f"unknown setting {key!r}; known: {', '.join(sorted(known | set(TRAIN_FIELDS)))}")
+        if value is not None:
+            values[key] = value
+    cfg = TableConfig(preset=preset, train=train, **values)
+    cfg.seeds = tuple(int(s) for s in cfg.seeds)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: TableConfig) -> None:
+    t = cfg.train
+    checks = [
+        (t.epochs >= 1, f"--epochs must be >= 1, got {t.epochs}"),
+        (t.batch_size >= 1, f"--batch-size must be >= 1, got {t.batch_size}"),
+        (t.lr > 0, f"--lr must be > 0, got {t.lr}"),
+        (t.schedule in ("onecycle", "cosine", "multistep"), f"--schedule must be onecycle, cosine or multistep"),
+        (len(cfg.seeds) >= 1, "give at least one seed"),
+        (cfg.protocol in ("supervised", "contrastive"), f"--protocol must be supervised or contrastive"),
+        (cfg.n_reference >= 0, f"--n-reference must be >= 0, got {cfg.n_reference}"),
+        (cfg.n_protected is None or cfg.n_protected >= 1, f"--n-protected must be >= 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)

@@ -1,0 +1,426 @@
+"""The runner: plan the grid, make each poison set once, run every cell, write records.
+
+The plan is (attacks + the clean row) × (defenses + the no-defense column) × seeds.
+Stage 1 makes every poison set the pending cells need (cached by content key) and lets
+each defense build its shared state from the reference split (``Defense.prepare``).
+Stage 2 runs the cells; each writes one record atomically. A finished cell is skipped
+when the same command runs again (resume); a failing cell is recorded with its error
+and the others go on.
+"""
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+
+from uebench.api import Attack, Defense, ThreatModel, hparams
+from uebench.budget import check_budget, declared_threat_model
+from uebench.context import Context, atomic_torch_save, content_key
+from uebench.data import Dataset, Splits, load_dataset, make_splits, to_tensor
+from uebench.presets import TableConfig, table_config
+from uebench.records import FINISHED, provenance, read_record, write_record
+from uebench.registry import ATTACKS, DEFENSES, UserError, load_plugin
+from uebench.train import accuracy
+
+CLEAN = "clean"   # the row without an attack
+NONE = "none"     # the column without a defense
+
+
+@dataclass
+class RunSpec:
+    """Everything one ``uebench run`` command says."""
+
+    attacks: str | list[str] = "all"
+    defenses: str | list[str] = "all"
+    preset: str = "demo"
+    dataset: str | None = None
+    seeds: list[int] | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)       # TableConfig / TrainConfig fields
+    attack_params: dict[str, dict] = field(default_factory=dict)  # {"em": {"rounds": 5}}
+    defense_params: dict[str, dict] = field(default_factory=dict)
+    results_dir: Path = Path("results")
+    cache_dir: Path | None = None                                 # default: <results_dir>/.cache
+    data_root: str | None = None
+    download: bool = False
+    device: str = "auto"
+    jobs: int = 1
+    backend: str = "loky"                                         # loky | threading | ray
+    force: bool = False
+    progress: bool = True
+    plugins: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, eq=False)   # one object per configured method; hashed by identity
+class Method:
+    """A configured attack or defense: its registry name, folder name and instance."""
+
+    name: str
+    folder: str          # name, or name@<hash> when run with non-preset hyperparameters
+    instance: Any        # Attack | Defense | None (the clean row)
+
+
+@dataclass(frozen=True)
+class Cell:
+    attack: Method
+    defense: Method
+    seed: int
+
+    def path(self, table_dir: Path) -> Path:
+        return table_dir / self.attack.folder / self.defense.folder / f"seed{self.seed}.json"
+
+
+@dataclass
+class Plan:
+    spec: RunSpec
+    config: TableConfig
+    dataset: Dataset
+    splits: Splits
+    table_id: str
+    table_dir: Path
+    cells: list[Cell]
+    pending: list[Cell]
+
+
+# -- planning --------------------------------------------------------------------------
+
+def _names(spec: str | list[str]) -> str:
+    return ",".join(spec) if isinstance(spec, (list, tuple)) else spec
+
+
+def configure(registry, name: str, preset: str, params: dict) -> Method:
+    """Instantiate a method with its preset's and the user's hyperparameters."""
+    cls = registry.get(name)
+    try:
+        instance = cls.for_preset(preset, **params)
+    except (TypeError, ValueError) as err:
+        raise UserError(f"bad hyperparameters for {registry.kind} {name}: {err}") from err
+    folder = name
+    if params and hparams(instance) != hparams(cls.for_preset(preset)):
+        folder = f"{name}@{content_key(hparams(instance))[:6]}"
+    return Method(name, folder, instance)
+
+
+def table_identity(cfg: TableConfig, dataset: Dataset) -> tuple[str, dict]:
+    """A readable id for the table plus everything it hashes: records of different
+    protocols, models, training recipes or splits never share a table."""
+    ident = {"dataset": dataset.identity(), "protocol": cfg.protocol, "model": cfg.model,
+             "train": cfg.train.as_dict(), "n_reference": cfg.n_reference, "n_protected": cfg.n_protected,
+             "split_seed": cfg.split_seed,
+             "contrastive": cfg.contrastive if cfg.protocol == "contrastive" else {}}
+    return f"{cfg.protocol}-{cfg.model}-{cfg.train.epochs}ep-{content_key(ident)[:6]}", ident
+
+
+def make_plan(spec: RunSpec) -> Plan:
+    """Resolve names, load data, and list the cells, failing early on any bad input."""
+    for plugin in spec.plugins:
+        load_plugin(plugin)
+    overrides = dict(spec.overrides)
+    if spec.dataset:
+        overrides["dataset"] = spec.dataset
+    if spec.seeds:
+        overrides["seeds"] = tuple(spec.seeds)
+    cfg = table_config(spec.preset, **overrides)
+
+    attack_names = ATTACKS.select(_names(spec.attacks))
+    defense_names = DEFENSES.select(_names(spec.defenses))
+    for kind, given, known in (("attack", spec.attack_params, attack_names),
+                               ("defense", spec.defense_params, defense_names)):
+        stray = set(given) - set(known)
+        if stray:
+            raise UserError(f"hyperparameters given for {kind} {', '.join(sorted(stray))}, which is not selected")
+    attacks = [Method(CLEAN, CLEAN, None)] + [
+        configure(ATTACKS, n, cfg.preset, spec.attack_params.get(n, {})) for n in attack_names if n != CLEAN]
+    defenses = [configure(DEFENSES, d, cfg.preset, spec.defense_params.get(d, {}))
+                for d in dict.fromkeys([NONE] + defense_names)]
+
+    results_dir = Path(spec.results_dir)
+    check_writable(results_dir)
+    dataset = load_dataset(cfg.dataset, spec.data_root, spec.download, cfg.train_subset, cfg.test_subset,
+                           cfg.split_seed)
+    need = cfg.n_reference + (cfg.n_protected or 1)
+    if need > len(dataset.y_train):
+        raise UserError(f"{dataset.name} has {len(dataset.y_train)} training images; the split needs {need} "
+                        f"(--n-reference {cfg.n_reference}, --n-protected {cfg.n_protected})")
+    splits = make_splits(dataset.y_train, cfg.n_reference, cfg.n_protected, cfg.split_seed)
+    table_id, _ = table_identity(cfg, dataset)
+    table_dir = results_dir / dataset.name / table_id
+    cells = [Cell(a, d, s) for a in attacks for d in defenses for s in cfg.seeds]
+    pending = [c for c in cells if spec.force or not is_finished(c.path(table_dir))]
+    return Plan(spec, cfg, dataset, splits, table_id, table_dir, cells, pending)
+
+
+def is_finished(path: Path) -> bool:
+    record = read_record(path)
+    return record is not None and record.get("status") in FINISHED
+
+
+def check_writable(directory: Path) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise UserError(f"cannot write to results directory {directory} ({err.strerror}); "
+                        f"pass --results-dir to a writable folder") from err
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise UserError(f"bad --device {name!r}: use auto, cpu, cuda or cuda:N") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name} asked for, but no CUDA GPU is visible; use --device cpu")
+    return device
+
+
+# -- the work of one process -----------------------------------------------------------
+
+@dataclass
+class Job:
+    """What a worker needs to make a poison set or run a cell (picklable)."""
+
+    plan_spec: RunSpec
+    config: TableConfig
+    table_dir: Path
+    cache_dir: Path
+    device: str
+    threads: int
+    progress: bool
+
+
+_DATA: dict[tuple, tuple[Dataset, Splits]] = {}
+
+
+def _data(job: Job) -> tuple[Dataset, Splits]:
+    """Load the dataset once per worker process."""
+    cfg = job.config
+    key = (cfg.dataset, job.plan_spec.data_root, cfg.train_subset, cfg.test_subset, cfg.n_reference,
+           cfg.n_protected, cfg.split_seed)
+    if key not in _DATA:
+        ds = load_dataset(cfg.dataset, job.plan_spec.data_root, False, cfg.train_subset, cfg.test_subset,
+                          cfg.split_seed)
+        _DATA[key] = (ds, make_splits(ds.y_train, cfg.n_reference, cfg.n_protected, cfg.split_seed))
+    return _DATA[key]
+
+
+def _setup_worker(job: Job) -> None:
+    torch.set_num_threads(job.threads)
+    for plugin in job.plan_spec.plugins:   # file plugins must be imported in every worker
+        load_plugin(plugin)
+
+
+def make_context(job: Job, dataset: Dataset, seed: int, artifact_dir: Path | None = None) -> Context:
+    cfg = job.config
+    ctx = Context(device=torch.device(job.device), seed=seed, num_classes=dataset.num_classes,
+                  image_shape=dataset.image_shape, model=cfg.model, train=cfg.train, protocol=cfg.protocol,
+                  dataset={**dataset.identity(), "n_reference": cfg.n_reference, "n_protected": cfg.n_protected,
+                           "split_seed": cfg.split_seed},
+                  cache_dir=job.cache_dir, artifact_dir=artifact_dir, progress=job.progress)
+    if cfg.protocol == "contrastive":
+        ctx.notes["contrastive"] = dict(cfg.contrastive)
+    return ctx
+
+
+def poison_path(job: Job, attack: Method, seed: int, dataset: Dataset) -> Path:
+    key = {"attack": attack.name, "hparams": hparams(attack.instance), "dataset": dataset.identity(),
+           "n_reference": job.config.n_reference, "n_protected": job.config.n_protected,
+           "split_seed": job.config.split_seed, "seed": seed, "model": job.config.model,
+           "version": provenance()["uebench_version"]}
+    return job.cache_dir / "poisons" / f"{attack.name}-{content_key(key)}.pt"
+
+
+def make_poison(job: Job, attack: Method, seed: int) -> dict:
+    """Generate (or load) one poison set; returns {"x", "seconds", "notes"}."""
+    _setup_worker(job)
+    dataset, splits = _data(job)
+    path = poison_path(job, attack, seed, dataset)
+    if path.exists():
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        except Exception:
+            path.unlink(missing_ok=True)     # half-written or corrupt: make it again
+    x = to_tensor(dataset.x_train[splits.protected])
+    y = torch.from_numpy(dataset.y_train[splits.protected])
+    ctx = make_context(job, dataset, seed)
+    ctx.notes["train_indices"] = torch.from_numpy(splits.protected)
+    start = time.perf_counter()
+    poisoned = attack.instance(x, y, ctx)
+    ctx.notes.pop("train_indices")
+    entry = {"x": poisoned, "seconds": time.perf_counter() - start, "notes": ctx.notes}
+    atomic_torch_save(entry, path)
+    return entry
+
+
+def prepare_defense(job: Job, defense: Method, seed: int) -> None:
+    _setup_worker(job)
+    dataset, splits = _data(job)
+    reference = (to_tensor(dataset.x_train[splits.reference]), torch.from_numpy(dataset.y_train[splits.reference]))
+    defense.instance.prepare(reference, make_context(job, dataset, seed))
+
+
+def perturbation_stats(clean: torch.Tensor, poisoned: torch.Tensor) -> dict[str, float]:
+    delta = (poisoned - clean).flatten(1)
+    changed = ((poisoned - clean).abs().amax(1) > 0).flatten(1).sum(1)   # pixel positions
+    return {"linf_max": float(delta.abs().max()) if delta.numel() else 0.0,
+            "l2_max": float(delta.norm(dim=1).max()) if delta.numel() else 0.0,
+            "l0_max": int(changed.max()) if changed.numel() else 0}
+
+
+def run_cell(job: Job, cell: Cell, upstream_error: str | None = None) -> dict:
+    """Run one cell and write its record. Never raises: a failure becomes the record."""
+    start = time.perf_counter()
+    record: dict[str, Any] = {"status": "failed", "error": None, "metrics": {}, "budget": {}, "notes": {},
+                              "timing": {}}
+    path = cell.path(job.table_dir)
+    try:
+        _setup_worker(job)
+        dataset, splits = _data(job)
+        record.update(describe_cell(job, cell, dataset, splits))
+        defense: Defense = cell.defense.instance
+        if job.config.protocol not in defense.protocols:
+            record.update(status="not-applicable",
+                          error=f"{cell.defense.name} changes {'/'.join(defense.protocols)} training only")
+            return _finish(path, record, start)
+        if upstream_error:
+            raise RuntimeError(upstream_error)
+        x_clean = to_tensor(dataset.x_train[splits.protected])
+        y = torch.from_numpy(dataset.y_train[splits.protected])
+        x = x_clean
+        if cell.attack.instance is not None:
+            entry = make_poison(job, cell.attack, cell.seed)
+            x = entry["x"]
+            record["timing"]["poison_s"] = round(entry["seconds"], 2)
+            record["notes"]["attack"] = entry["notes"]
+            check_budget(x_clean, x, declared_threat_model(cell.attack.instance, dataset.image_shape))
+            record["budget"] = perturbation_stats(x_clean, x)
+        reference = (to_tensor(dataset.x_train[splits.reference]), torch.from_numpy(dataset.y_train[splits.reference]))
+        ctx = make_context(job, dataset, cell.seed, artifact_dir=path.with_suffix(""))
+        torch.manual_seed(cell.seed)
+        fit_start = time.perf_counter()
+        model = defense.fit(x, y, reference, ctx)
+        record["timing"]["fit_s"] = round(time.perf_counter() - fit_start, 2)
+        transform = defense.transform_test if defense.transforms_test else None
+        x_test, y_test = to_tensor(dataset.x_test), torch.from_numpy(dataset.y_test)
+        record["metrics"] = {"test_acc": accuracy(model, x_test, y_test, transform=transform),
+                             "train_acc": accuracy(model, x, y), "n_test": len(y_test), "n_train": len(y)}
+        record["notes"]["defense"] = {k: v for k, v in ctx.notes.items() if k != "contrastive"}
+        record.update(status="ok")
+    except Exception as err:  # the cell fails, the run goes on
+        record.update(status="failed", error=f"{type(err).__name__}: {err}".splitlines()[0][:500],
+                      traceback=traceback.format_exc()[-4000:])
+    return _finish(path, record, start)
+
+
+def _finish(path: Path, record: dict, start: float) -> dict:
+    record["timing"]["cell_s"] = round(time.perf_counter() - start, 2)
+    record["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    try:
+        write_record(path, record)
+    except OSError as err:
+        record.update(status="failed", error=f"could not write record {path}: {err}")
+    return record
+
+
+def describe_cell(job: Job, cell: Cell, dataset: Dataset, splits: Splits) -> dict:
+    cfg = job.config
+    attack: Attack | None = cell.attack.instance
+    defense: Defense = cell.defense.instance
+    threat = declared_threat_model(attack, dataset.image_shape) if attack else ThreatModel("none", 0.0)
+    return {
+        **provenance(),
+        "table": {"id": job.table_dir.name, "preset": cfg.preset, "protocol": cfg.protocol, "model": cfg.model,
+                  "dataset": dataset.identity(), "train": cfg.train.as_dict(),
+                  "split": {"n_protected": len(splits.protected), "n_reference": len(splits.reference),
+                            "n_test": len(dataset.y_test), "split_seed": cfg.split_seed},
+                  "contrastive": cfg.contrastive if cfg.protocol == "contrastive" else {}},
+        "attack": {"name": cell.attack.name, "folder": cell.attack.folder,
+                   "hparams": hparams(attack) if attack else {},
+                   "threat_model": {"norm": threat.norm, "eps": threat.eps, "text": str(threat)},
+                   "target": attack.target if attack else None, "paper": attack.describe() if attack else ""},
+        "defense": {"name": cell.defense.name, "folder": cell.defense.folder, "hparams": hparams(defense),
+                    "paper": defense.describe(), "protocols": list(defense.protocols),
+                    "transforms_test": defense.transforms_test},
+        "seed": cell.seed,
+        "device": job.device,
+    }
+
+
+# -- orchestration ---------------------------------------------------------------------
+
+def _parallel(calls: list[tuple[Callable, tuple]], n_jobs: int, backend: str,
+              on_result: Callable[[tuple, Any], None], desc: str, progress: bool) -> None:
+    """Run ``calls`` (which never raise) in-process or through joblib, reporting each result
+    as it arrives so the progress bar and the records move together."""
+    from tqdm.auto import tqdm
+    if n_jobs == 1:
+        results: Iterable = ((args, fn(*args)) for fn, args in calls)
+    else:
+        from joblib import Parallel, delayed
+        results = Parallel(n_jobs=n_jobs, backend=backend, return_as="generator_unordered")(
+            delayed(_with_args)(fn, args) for fn, args in calls)
+    with tqdm(total=len(calls), desc=desc, disable=not progress, dynamic_ncols=True) as bar:
+        for args, result in results:
+            on_result(args, result)
+            bar.update(1)
+
+
+def _with_args(fn: Callable, args: tuple) -> tuple[tuple, Any]:
+    return args, fn(*args)
+
+
+def _stage1_task(fn: Callable, job: Job, method: Method, seed: int) -> str | None:
+    """Make one poison set or one defense's shared state; return the error, if any, as text
+    (the tensors stay in the cache, not in the result)."""
+    try:
+        fn(job, method, seed)
+        return None
+    except Exception as err:
+        return f"{method.name} failed: {type(err).__name__}: {err}".splitlines()[0][:500]
+
+
+def run(spec: RunSpec, plan: Plan | None = None) -> list[dict]:
+    """Run the grid ``spec`` describes; returns the records of the cells run now."""
+    plan = plan or make_plan(spec)
+    device = resolve_device(spec.device)
+    jobs = max(1, int(spec.jobs))
+    threads = max(1, (os.cpu_count() or 1) // jobs) if device.type == "cpu" else 1
+    job = Job(spec, plan.config, plan.table_dir, Path(spec.cache_dir or Path(spec.results_dir) / ".cache"),
+              str(device), threads, spec.progress and jobs == 1)
+    _DATA[(plan.config.dataset, spec.data_root, plan.config.train_subset, plan.config.test_subset,
+           plan.config.n_reference, plan.config.n_protected, plan.config.split_seed)] = (plan.dataset, plan.splits)
+
+    # Stage 1: every poison set and every defense's shared state, each exactly once.
+    poisons = sorted({(c.attack, c.seed) for c in plan.pending if c.attack.instance is not None},
+                     key=lambda p: (p[0].folder, p[1]))
+    applicable = [c for c in plan.pending if plan.config.protocol in c.defense.instance.protocols]
+    prepares = sorted({(c.defense, c.seed) for c in applicable
+                       if type(c.defense.instance).prepare is not Defense.prepare},
+                      key=lambda p: (p[0].folder, p[1]))
+    stage1 = [(_stage1_task, (make_poison, job, a, s)) for a, s in poisons] + \
+             [(_stage1_task, (prepare_defense, job, d, s)) for d, s in prepares]
+    errors: dict[tuple[str, int], str] = {}
+
+    def note_error(args: tuple, error: str | None) -> None:
+        if error:
+            errors[(args[0].__name__, args[2].folder, args[3])] = error
+
+    if stage1:
+        _parallel(stage1, jobs, spec.backend, note_error, "poisons and shared models", spec.progress)
+
+    # Stage 2: the cells (a cell whose poison or defense state failed is recorded as failed).
+    records: list[dict] = []
+    calls = [(run_cell, (job, c, errors.get(("make_poison", c.attack.folder, c.seed))
+                         or errors.get(("prepare_defense", c.defense.folder, c.seed)))) for c in plan.pending]
+    _parallel(calls, jobs, spec.backend, lambda args, rec: records.append(rec), "cells", spec.progress)
+    return records
