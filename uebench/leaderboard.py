@@ -72,6 +72,8 @@ def render_table(records: list[dict], results_link: str = "../results") -> str:
         for d in col_names:
             if scores[(a, d)]:
                 text = _cell(scores[(a, d)])
+                if len(scores[(a, d)]) < len(seeds):          # some seeds missing or failed
+                    text += f" (n={len(scores[(a, d)])})"
                 line[d] = f"**{text}**" if best is not None and len(means) > 1 and means[d] == best else text
             elif "not-applicable" in status[(a, d)]:
                 line[d] = "n/a"
@@ -94,7 +96,7 @@ def render_table(records: list[dict], results_link: str = "../results") -> str:
         f"- **Data**: `{ds['name']}` ({ds['shape'][1]}×{ds['shape'][2]}×{ds['shape'][0]}); {split['n_protected']} "
         f"protected / {split['n_reference']} clean reference (defenses may use it) / {split['n_test']} test images.",
         f"- **Metric**: clean test accuracy (%), mean ± std over seeds {', '.join(map(str, sorted(seeds)))}; "
-        f"**bold**: best defense per attack; n/a: the defense does not apply to this protocol; "
+        f"(n=k): only k seeds finished; **bold**: best defense per attack; n/a: the defense does not apply to this protocol; "
         f"budget: the attack's declared threat model, checked before training.",
         f"- **uebench**: {', '.join(sorted(versions))}.",
     ]

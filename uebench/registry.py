@@ -151,10 +151,17 @@ register_attack: Callable[[type], type] = ATTACKS.decorator
 register_defense: Callable[[type], type] = DEFENSES.decorator
 
 
+_LOADED_PLUGINS: set[str] = set()
+
+
 def load_plugin(spec: str) -> None:
     """Import a local plugin: a ``.py`` file path or a module path. Its classes register
-    themselves with ``@register_attack`` / ``@register_defense``."""
+    themselves with ``@register_attack`` / ``@register_defense``. Loading the same plugin
+    again (every worker does) is a no-op."""
     path = Path(spec)
+    key = str(path.resolve()) if path.exists() else spec
+    if key in _LOADED_PLUGINS:
+        return
     try:
         if spec.endswith(".py") or path.exists():
             if not path.is_file():
@@ -166,6 +173,7 @@ def load_plugin(spec: str) -> None:
             module_spec.loader.exec_module(module)
         else:
             importlib.import_module(spec)
+        _LOADED_PLUGINS.add(key)
     except UserError:
         raise
     except Exception as err:

@@ -57,13 +57,28 @@ class RunSpec:
     plugins: list[str] = field(default_factory=list)
 
 
-@dataclass(frozen=True, eq=False)   # one object per configured method; hashed by identity
+@dataclass(eq=False)   # one object per configured method; hashed by identity
 class Method:
-    """A configured attack or defense: its registry name, folder name and instance."""
+    """A configured attack or defense, picklable without its class: workers rebuild the
+    instance from the registry after loading plugins (a file plugin's class cannot be
+    unpickled before that)."""
 
+    kind: str            # "attack" | "defense"
     name: str
     folder: str          # name, or name@<hash> when run with non-preset hyperparameters
-    instance: Any        # Attack | Defense | None (the clean row)
+    params: dict         # the full hyperparameters
+    _instance: Any = field(default=None, repr=False)
+
+    @property
+    def instance(self) -> Any:
+        """The Attack / Defense object (None for the clean row)."""
+        if self._instance is None and self.name != CLEAN:
+            registry = ATTACKS if self.kind == "attack" else DEFENSES
+            self._instance = registry.get(self.name)(**self.params)
+        return self._instance
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_instance": None}
 
 
 @dataclass(frozen=True)
@@ -104,7 +119,7 @@ def configure(registry, name: str, preset: str, params: dict) -> Method:
     folder = name
     if params and hparams(instance) != hparams(cls.for_preset(preset)):
         folder = f"{name}@{content_key(hparams(instance))[:6]}"
-    return Method(name, folder, instance)
+    return Method(registry.kind, name, folder, hparams(instance), instance)
 
 
 def table_identity(cfg: TableConfig, dataset: Dataset) -> tuple[str, dict]:
@@ -135,7 +150,7 @@ def make_plan(spec: RunSpec) -> Plan:
         stray = set(given) - set(known)
         if stray:
             raise UserError(f"hyperparameters given for {kind} {', '.join(sorted(stray))}, which is not selected")
-    attacks = [Method(CLEAN, CLEAN, None)] + [
+    attacks = [Method("attack", CLEAN, CLEAN, {})] + [
         configure(ATTACKS, n, cfg.preset, spec.attack_params.get(n, {})) for n in attack_names if n != CLEAN]
     defenses = [configure(DEFENSES, d, cfg.preset, spec.defense_params.get(d, {}))
                 for d in dict.fromkeys([NONE] + defense_names)]
@@ -401,7 +416,7 @@ def run(spec: RunSpec, plan: Plan | None = None) -> list[dict]:
            plan.config.n_reference, plan.config.n_protected, plan.config.split_seed)] = (plan.dataset, plan.splits)
 
     # Stage 1: every poison set and every defense's shared state, each exactly once.
-    poisons = sorted({(c.attack, c.seed) for c in plan.pending if c.attack.instance is not None},
+    poisons = sorted({(c.attack, c.seed) for c in plan.pending if c.attack.name != CLEAN},
                      key=lambda p: (p[0].folder, p[1]))
     applicable = [c for c in plan.pending if plan.config.protocol in c.defense.instance.protocols]
     prepares = sorted({(c.defense, c.seed) for c in applicable

@@ -1,0 +1,100 @@
+"""The command line: one-line errors with exit code 2 and nothing written; list; leaderboard."""
+from __future__ import annotations
+
+import pytest
+
+from uebench.cli import main, parse_params, parse_value
+
+
+def _run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "--attacks", "classwise-nosie"], "did you mean classwise-noise"),
+    (["run", "--defenses", "nope"], "unknown defense 'nope'"),
+    (["run", "--preset", "quick"], "unknown preset 'quick'"),
+    (["run", "--epochs", "zero"], "invalid int value"),
+    (["run", "--epochs", "0"], "--epochs must be >= 1"),
+    (["run", "--jobs", "0"], "--jobs must be >= 1"),
+    (["run", "--seeds", "a,b"], "--seeds expects numbers"),
+    (["run", "--dataset", "npz:/no/such/file.npz"], "npz file /no/such/file.npz not found"),
+    (["run", "--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+    (["run", "-A", "rounds=5"], "-A expects METHOD.NAME=VALUE"),
+    (["run", "--attacks", "random-noise", "-A", "random-noise.nonexistent=3"],
+     "bad hyperparameters for attack random-noise"),
+    (["run", "--attacks", "random-noise", "-A", "classwise-noise.grid=2"], "which is not selected"),
+    (["run", "--attacks", "classwise-noise", "-A", "classwise-noise.grid=0"], "grid must be >= 1"),
+    (["run", "--device", "cuda:7"], "--device"),
+    (["run", "--bogus-flag"], "unrecognized arguments"),
+    (["leaderboard", "--results-dir", "/no/such/results"], "does not exist"),
+])
+def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, argv, message):
+    code, out, err = _run(capsys, *argv, *(["--results-dir", str(tmp_path / "r")] if argv[0] == "run" else []))
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("uebench: error:")
+    assert message in lines[0]
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").rglob("*.json"))
+
+
+def test_corrupt_npz_and_unwritable_results_dir(capsys, tmp_path):
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not an npz at all")
+    code, _, err = _run(capsys, "run", "--dataset", f"npz:{bad}", "--results-dir", str(tmp_path / "r"))
+    assert code == 2 and "cannot read" in err and len(err.strip().splitlines()) == 1
+
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a folder should be")
+    code, _, err = _run(capsys, "run", "--preset", "smoke", "--results-dir", str(blocker / "results"))
+    assert code == 2 and "cannot write to results directory" in err and "--results-dir" in err
+
+
+def test_list_shows_methods_with_paper_threat_model_and_target(capsys):
+    code, out, _ = _run(capsys, "list")
+    assert code == 0
+    line = next(l for l in out.splitlines() if l.startswith("classwise-noise"))
+    assert "L∞ 8/255" in line and "supervised" in line and "Huang" in line
+    code, out, _ = _run(capsys, "list", "defenses")
+    assert "attacks (" not in out and any(l.startswith("none ") for l in out.splitlines())
+
+
+def test_list_reports_a_broken_plugin_file(capsys, tmp_path):
+    bad = tmp_path / "broken_plugin.py"
+    bad.write_text("raise RuntimeError('cannot start')\n")
+    code, out, _ = _run(capsys, "list", "--plugin", str(bad))
+    assert code == 0
+    assert "BROKEN plugin" in out and "cannot start" in out and "random-noise" in out
+
+
+def test_parse_values():
+    assert parse_value("8/255") == pytest.approx(8 / 255)
+    assert parse_value("10") == 10 and parse_value("0.5") == 0.5 and parse_value("true") is True
+    assert parse_value("1,2,2,2") == (1, 2, 2, 2) and parse_value("fnn") == "fnn"
+    assert parse_params(["em.rounds=5", "em.step-size=0.8/255"], "-A") == {
+        "em": {"rounds": 5, "step_size": pytest.approx(0.8 / 255)}}
+
+
+def test_dry_run_lists_the_plan_without_writing(capsys, tmp_path):
+    code, out, err = _run(capsys, "run", "--preset", "smoke", "--attacks", "random-noise,classwise-noise",
+                          "--defenses", "none", "--seeds", "0-1", "--dry-run", "--results-dir", str(tmp_path / "r"))
+    assert code == 0
+    assert len(out.strip().splitlines()) == 3 * 1 * 2
+    assert "6 cells, 6 to run" in err
+    assert not list((tmp_path / "r").rglob("*.json"))
+
+
+def test_run_then_leaderboard_check(capsys, tmp_path):
+    results, board = tmp_path / "results", tmp_path / "board" / "LEADERBOARD.md"
+    code, _, err = _run(capsys, "run", "--preset", "smoke", "--epochs", "1", "--attacks", "classwise-noise",
+                        "--defenses", "none", "--results-dir", str(results), "--leaderboard", str(board), "--quiet")
+    assert code == 0, err
+    text = board.read_text()
+    assert "| classwise-noise | L∞ 8/255" in text and "| clean " in text
+    assert _run(capsys, "leaderboard", "--results-dir", str(results), "--out", str(board), "--check")[0] == 0
+    board.write_text(text.replace("classwise-noise", "edited-by-hand"))
+    assert _run(capsys, "leaderboard", "--results-dir", str(results), "--out", str(board), "--check")[0] == 1
+    assert _run(capsys, "leaderboard", "--results-dir", str(results), "--out", str(board))[0] == 0
+    assert board.read_text() == text

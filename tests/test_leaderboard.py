@@ -1,0 +1,85 @@
+"""The leaderboard is a pure function of the records: golden markdown, byte-identical reruns."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from uebench import leaderboard
+from uebench.records import write_record
+
+GOLDEN = Path(__file__).parent / "golden" / "leaderboard.md"
+
+TABLE = {"id": "supervised-smallcnn-15ep-abc123", "preset": "cpu", "protocol": "supervised", "model": "smallcnn",
+         "dataset": {"name": "npz-toy", "shape": [3, 32, 32], "fingerprint": "f" * 16},
+         "train": {"epochs": 15, "lr": 0.1, "schedule": "onecycle", "momentum": 0.9, "nesterov": True,
+                   "weight_decay": 0.0005, "batch_size": 128, "crop_pad": 4},
+         "split": {"n_protected": 8000, "n_reference": 2000, "n_test": 2000, "split_seed": 0}, "contrastive": {}}
+THREATS = {"clean": ("none", 0.0, "unbounded"), "em": ("linf", 8 / 255, "L∞ 8/255"), "ops": ("l0", 1, "L0 1 px")}
+ACCURACY = {  # (attack, defense): per-seed accuracies, or a status
+    ("clean", "none"): [0.75, 0.77], ("clean", "iss-gray"): [0.70, 0.71], ("clean", "mixup"): [0.76, 0.74],
+    ("em", "none"): [0.20, 0.22], ("em", "iss-gray"): [0.68, 0.66], ("em", "mixup"): "failed",
+    ("ops", "none"): [0.31, 0.33], ("ops", "iss-gray"): [0.30, 0.30], ("ops", "mixup"): [0.52, 0.50],
+}
+
+
+def _write_fixture(results: Path, table=TABLE, dataset_dir="npz-toy"):
+    for (attack, defense), values in ACCURACY.items():
+        for seed in (0, 1):
+            status = values if isinstance(values, str) else "ok"
+            norm, eps, text = THREATS[attack]
+            record = {"uebench_version": "0.1.0", "git_commit": "0123456789abcdef", "table": table, "seed": seed,
+                      "attack": {"name": attack, "folder": attack, "hparams": {},
+                                 "threat_model": {"norm": norm, "eps": eps, "text": text}},
+                      "defense": {"name": defense, "folder": defense, "hparams": {}, "protocols": ["supervised"]},
+                      "status": status, "error": "RuntimeError: out of memory" if status == "failed" else None,
+                      "metrics": {"test_acc": values[seed]} if status == "ok" else {},
+                      "notes": {"defense": {"figure": "purified.png"}} if defense == "iss-gray" and seed == 0 else {},
+                      "finished": f"2026-01-0{seed + 1}T00:00:00+00:00"}
+            write_record(results / dataset_dir / table["id"] / attack / defense / f"seed{seed}.json", record)
+
+
+def test_golden_markdown(tmp_path):
+    _write_fixture(tmp_path / "results")
+    text = leaderboard.render(tmp_path / "results")
+    if os.environ.get("UEBENCH_UPDATE_GOLDEN"):
+        GOLDEN.parent.mkdir(exist_ok=True)
+        GOLDEN.write_text(text)
+    assert text == GOLDEN.read_text()
+
+
+def test_table_content(tmp_path):
+    _write_fixture(tmp_path / "results")
+    text = leaderboard.render(tmp_path / "results")
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in text.splitlines() if line.startswith("| ") and not line.startswith("| attack")}
+    assert rows["clean"] == ["unbounded", "76.0 ± 1.4", "70.5 ± 0.7", "75.0 ± 1.4"]   # columns: none first
+    assert rows["em"] == ["L∞ 8/255", "21.0 ± 1.4", "**67.0 ± 1.4**", "failed"]
+    assert rows["ops"][-1] == "**51.0 ± 1.4**"
+    assert "em / mixup / seed 0: RuntimeError: out of memory" in text
+    assert "(../results/npz-toy/supervised-smallcnn-15ep-abc123/em/iss-gray/seed0/purified.png)" in text
+
+
+def test_same_records_give_identical_bytes_and_protocols_stay_apart(tmp_path):
+    _write_fixture(tmp_path / "a")
+    _write_fixture(tmp_path / "b")
+    assert leaderboard.render(tmp_path / "a") == leaderboard.render(tmp_path / "b")
+    other = dict(TABLE, id="contrastive-smallcnn-15ep-def456", protocol="contrastive")
+    _write_fixture(tmp_path / "a", table=other)
+    text = leaderboard.render(tmp_path / "a")
+    assert text.count("## npz-toy") == 2 and "· contrastive ·" in text
+
+
+def test_corrupt_record_is_listed_not_counted(tmp_path):
+    _write_fixture(tmp_path / "results")
+    victim = tmp_path / "results" / "npz-toy" / TABLE["id"] / "em" / "none" / "seed1.json"
+    victim.write_text(victim.read_text()[:40])
+    text = leaderboard.render(tmp_path / "results")
+    assert "| 20.0 (n=1) |" in text                  # only seed 0 remains, and the table says so
+    assert "em/none/seed1.json" in text.split("Unreadable records")[1]
+
+
+@pytest.mark.parametrize("empty", [True])
+def test_empty_results(tmp_path, empty):
+    assert "No results yet" in leaderboard.render(tmp_path)

@@ -1,0 +1,132 @@
+"""Registry: entry-point discovery, file plugins, wildcards, collisions, broken plugins."""
+from __future__ import annotations
+
+import sys
+import textwrap
+from importlib.metadata import distributions
+
+import pytest
+
+from uebench.api import Attack, Defense
+from uebench.registry import ATTACKS, DEFENSES, PluginError, Registry, UserError, load_plugin
+
+PLUGIN_SOURCE = textwrap.dedent('''
+    from dataclasses import dataclass
+    from uebench.api import Attack, ThreatModel
+
+    @dataclass
+    class Brightness(Attack):
+        """Adds a constant to every pixel (a toy plugin)."""
+        name = "brightness"
+        paper = "toy"
+        eps: float = 2 / 255
+
+        def threat_model(self):
+            return ThreatModel("linf", self.eps)
+
+        def generate(self, x, y, ctx):
+            return (x + self.eps).clamp(0, 1)
+''')
+
+
+@pytest.fixture
+def installed_plugin(tmp_path, monkeypatch):
+    """A real installed distribution (a package plus its .dist-info with entry_points.txt)."""
+    site = tmp_path / "site"
+    (site / "toyplug").mkdir(parents=True)
+    (site / "toyplug" / "__init__.py").write_text(PLUGIN_SOURCE)
+    (site / "toyplug" / "broken.py").write_text("raise ImportError('needs a library that is not installed')\n")
+    info = site / "toyplug-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: toyplug\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(
+        "[uebench.attacks]\nbrightness = toyplug:Brightness\nbroken-one = toyplug.broken:Nothing\n")
+    monkeypatch.syspath_prepend(str(site))
+    yield site
+    for mod in ("toyplug", "toyplug.broken"):
+        sys.modules.pop(mod, None)
+
+
+def test_builtins_register_through_entry_points():
+    ours = {ep.name: ep.value for d in distributions() if d.metadata["Name"] == "uebench"
+            for ep in d.entry_points if ep.group == "uebench.attacks"}
+    assert ours["classwise-noise"] == "uebench.attacks.classwise_noise:ClasswiseNoise"
+    assert ATTACKS.get("classwise-noise").__module__ == "uebench.attacks.classwise_noise"
+    assert DEFENSES.get("none").name == "none"
+
+
+def test_installed_plugin_is_discovered_and_broken_one_is_isolated(installed_plugin):
+    registry = Registry("attack", "uebench.attacks", Attack)
+    assert {"brightness", "broken-one", "random-noise"} <= set(registry.names())
+    cls = registry.get("brightness")
+    assert cls.__module__ == "toyplug" and cls().eps == pytest.approx(2 / 255)
+    with pytest.raises(PluginError, match="broken-one.*needs a library"):
+        registry.get("broken-one")
+    status = {name: (cls, problem) for name, cls, problem in registry.status()}
+    assert status["broken-one"][0] is None and "needs a library" in status["broken-one"][1]
+    assert status["random-noise"][0] is not None          # the others still load
+
+
+def test_file_plugin_registers_with_decorator(tmp_path):
+    path = tmp_path / "my_defense.py"
+    path.write_text(textwrap.dedent('''
+        from dataclasses import dataclass
+        from uebench import Defense, register_defense
+
+        @register_defense
+        @dataclass
+        class FilePluginDefense(Defense):
+            name = "file-plugin-defense"
+            paper = "toy"
+    '''))
+    load_plugin(str(path))
+    assert DEFENSES.get("file-plugin-defense").__name__ == "FilePluginDefense"
+    assert "file-plugin-defense" in DEFENSES.select("file-plugin-*")
+
+
+def test_plugin_file_that_fails_to_import_gives_one_line_error(tmp_path):
+    path = tmp_path / "bad.py"
+    path.write_text("import not_a_module_anywhere\n")
+    with pytest.raises(PluginError, match="bad.py failed to import: ModuleNotFoundError"):
+        load_plugin(str(path))
+    with pytest.raises(UserError, match="does not exist"):
+        load_plugin(str(tmp_path / "missing.py"))
+
+
+def test_name_collision_is_an_error():
+    registry = Registry("defense", "uebench.no-such-group", Defense)
+
+    class A(Defense):
+        name = "dup"
+
+    class B(Defense):
+        name = "dup"
+
+    registry.register("dup", A)
+    registry.register("dup", A)            # the same object again is fine
+    with pytest.raises(PluginError, match="already registered"):
+        registry.register("dup", B)
+
+
+def test_selection_all_lists_wildcards_and_order():
+    names = ATTACKS.names()
+    assert ATTACKS.select("all") == names
+    assert ATTACKS.select("classwise-noise,random-noise") == ["classwise-noise", "random-noise"]
+    assert ATTACKS.select("random-*") == ["random-noise"]
+    assert ATTACKS.select("*-noise,random-noise") == ["classwise-noise", "random-noise"]   # no duplicates
+
+
+def test_unknown_names_suggest_close_matches():
+    with pytest.raises(UserError, match="did you mean random-noise"):
+        ATTACKS.select("random-nosie")
+    with pytest.raises(UserError, match="no attack matches 'zz\\*'"):
+        ATTACKS.select("zz*")
+    with pytest.raises(UserError, match="unknown defense 'nothing-like-this'"):
+        DEFENSES.select("none,nothing-like-this")
+
+
+def test_name_mismatch_between_entry_point_and_class_is_broken():
+    registry = Registry("attack", "uebench.no-such-group", Attack)
+    registry.register("wrong-name", "uebench.attacks.random_noise:RandomNoise")
+    with pytest.raises(PluginError, match="declares name 'random-noise'"):
+        registry.get("wrong-name")

@@ -1,0 +1,186 @@
+"""The runner end to end on the smoke preset: records, resume, caching, isolation, budget, data access."""
+from __future__ import annotations
+
+import json
+import textwrap
+
+import numpy as np
+import pytest
+
+from uebench.data import load_dataset
+from uebench.records import checksum, read_record
+from uebench.runner import RunSpec, make_plan, run
+
+# A file plugin that counts its work in files, fails on demand, cheats on demand and
+# records what data the defense was given.
+PLUGIN = textwrap.dedent('''
+    import json, os
+    from dataclasses import dataclass
+    from pathlib import Path
+    import torch
+    from uebench import Attack, Defense, ThreatModel, register_attack, register_defense
+
+    LOG = Path(os.environ["UEBENCH_TEST_LOG"])
+
+    def tick(name):
+        with open(LOG / name, "a") as f:
+            f.write("x")
+
+    @register_attack
+    @dataclass
+    class Counting(Attack):
+        name = "counting"
+        paper = "test"
+        eps: float = 4 / 255
+        overshoot: float = 1.0     # > 1 breaks the declared budget
+
+        def threat_model(self):
+            return ThreatModel("linf", self.eps)
+
+        def generate(self, x, y, ctx):
+            tick("generate")
+            sign = torch.where(torch.rand(x.shape, generator=ctx.generator()) < 0.5, -1.0, 1.0)
+            return (x + sign * self.eps * self.overshoot).clamp(0, 1)
+
+    @register_attack
+    @dataclass
+    class Crashing(Attack):
+        name = "crashing"
+        paper = "test"
+
+        def threat_model(self):
+            return ThreatModel("linf", 8 / 255)
+
+        def generate(self, x, y, ctx):
+            raise RuntimeError("this plugin always crashes")
+
+    @register_defense
+    @dataclass
+    class Spy(Defense):
+        name = "spy"
+        paper = "test"
+
+        def fit(self, x, y, reference, ctx):
+            tick("fit")
+            (LOG / "seen.json").write_text(json.dumps({
+                "train": x.mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).reshape(len(x), -1).tolist(),
+                "reference": reference[0].mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).reshape(len(reference[0]), -1).tolist()}))
+            return super().fit(x, y, reference, ctx)
+''')
+
+
+@pytest.fixture
+def plugin(tmp_path, monkeypatch):
+    """The plugin file, loaded fresh for each test (the registries are restored afterwards)."""
+    from uebench import registry
+    for reg in (registry.ATTACKS, registry.DEFENSES):
+        reg.discover()
+        for attr in ("_entries", "_loaded", "_broken"):
+            monkeypatch.setattr(reg, attr, dict(getattr(reg, attr)))
+    monkeypatch.setattr(registry, "_LOADED_PLUGINS", set())
+    log = tmp_path / "log"
+    log.mkdir()
+    monkeypatch.setenv("UEBENCH_TEST_LOG", str(log))
+    path = tmp_path / "plugin_under_test.py"
+    path.write_text(PLUGIN)
+    return path, log
+
+
+def _spec(tmp_path, plugin_path, **kw):
+    base = dict(preset="smoke", overrides={"epochs": 1}, results_dir=tmp_path / "results", progress=False,
+                plugins=[str(plugin_path)], device="cpu")
+    return RunSpec(**{**base, **kw})
+
+
+def _count(log, name):
+    path = log / name
+    return len(path.read_text()) if path.exists() else 0
+
+
+def test_grid_records_resume_and_force(tmp_path, plugin):
+    path, log = plugin
+    spec = _spec(tmp_path, path, attacks="counting", defenses="spy", seeds=[0, 1])
+    records = run(spec)
+    # (clean + 1 attack) x (none + spy) x 2 seeds
+    assert len(records) == 8 and all(r["status"] == "ok" for r in records)
+    assert _count(log, "generate") == 2          # once per seed, shared by both defenses
+    assert _count(log, "fit") == 4
+
+    files = sorted((tmp_path / "results").glob("*/*/*/*/seed*.json"))
+    assert len(files) == 8
+    rec = read_record(files[0])
+    assert rec is not None and rec["checksum"] == checksum(rec)
+    for key in ("uebench_version", "git_commit", "table", "attack", "defense", "seed", "metrics", "timing"):
+        assert key in rec
+    assert rec["table"]["train"]["epochs"] == 1 and rec["table"]["split"]["n_protected"] == 400
+    assert 0.0 <= rec["metrics"]["test_acc"] <= 1.0
+
+    counting = [r for r in records if r["attack"]["name"] == "counting"][0]
+    assert counting["attack"]["hparams"] == {"eps": pytest.approx(4 / 255), "overshoot": 1.0}
+    assert counting["budget"]["linf_max"] == pytest.approx(4 / 255, abs=1e-6)
+
+    # Resume: the same command does no work at all.
+    assert make_plan(spec).pending == []
+    assert run(spec) == [] and _count(log, "generate") == 2 and _count(log, "fit") == 4
+
+    # A truncated record is detected and only that cell is redone.
+    victim = [f for f in files if "/counting/spy/seed1" in f.as_posix()][0]
+    victim.write_text(victim.read_text()[:50])
+    redone = run(spec)
+    assert [(r["attack"]["name"], r["defense"]["name"], r["seed"]) for r in redone] == [("counting", "spy", 1)]
+    assert _count(log, "generate") == 2          # the poison came from the cache
+    assert _count(log, "fit") == 5
+
+    # --force recomputes everything.
+    assert len(run(_spec(tmp_path, path, attacks="counting", defenses="spy", seeds=[0, 1], force=True))) == 8
+    assert _count(log, "generate") == 2          # the poison cache is keyed by content, so it is still valid
+
+
+def test_crashing_plugin_is_isolated(tmp_path, plugin):
+    path, _ = plugin
+    records = run(_spec(tmp_path, path, attacks="crashing,counting", defenses="none"))
+    by_attack = {r["attack"]["name"]: r for r in records}
+    assert by_attack["crashing"]["status"] == "failed"
+    assert "this plugin always crashes" in by_attack["crashing"]["error"]
+    assert by_attack["counting"]["status"] == "ok" and by_attack["clean"]["status"] == "ok"
+    # the failure is on disk too, and the failed cell is retried by the next run
+    assert read_record(tmp_path / "results" / records[0]["table"]["dataset"]["name"] /
+                       records[0]["table"]["id"] / "crashing" / "none" / "seed0.json")["status"] == "failed"
+    assert [r["attack"]["name"] for r in run(_spec(tmp_path, path, attacks="crashing,counting",
+                                                   defenses="none"))] == ["crashing"]
+
+
+def test_budget_guard_fails_the_cell_before_training(tmp_path, plugin):
+    path, log = plugin
+    records = run(_spec(tmp_path, path, attacks="counting", defenses="spy",
+                        attack_params={"counting": {"overshoot": 1.5}}))
+    bad = [r for r in records if r["attack"]["name"] == "counting"]
+    assert {r["status"] for r in bad} == {"failed"}
+    assert all("L∞" in r["error"] or "linf" in r["error"].lower() for r in bad)
+    assert _count(log, "fit") == 1               # only the clean row reached the defense
+    # a non-default hyperparameter gets its own folder, so it never overwrites the default
+    assert bad[0]["attack"]["folder"].startswith("counting@")
+
+
+def test_defense_never_sees_the_test_set(tmp_path, plugin):
+    path, log = plugin
+    run(_spec(tmp_path, path, attacks="counting", defenses="spy", overrides={"epochs": 1, "test_subset": None}))
+    seen = json.loads((log / "seen.json").read_text())
+    ds = load_dataset("digits")
+    test_rows = {tuple(r) for r in ds.x_test.reshape(len(ds.x_test), -1).tolist()}
+    train_rows = {tuple(r) for r in ds.x_train.reshape(len(ds.x_train), -1).tolist()}
+    reference = {tuple(r) for r in seen["reference"]}
+    assert len(seen["reference"]) == 200 and len(seen["train"]) == 400
+    assert reference <= train_rows                       # clean training images...
+    assert not reference & test_rows                     # ...never test images
+    overlap = [row for row in seen["train"] if tuple(row) in test_rows]
+    assert overlap == []
+
+
+def test_jobs_give_the_same_numbers(tmp_path, plugin):
+    path, _ = plugin
+    one = run(_spec(tmp_path / "a", path, attacks="counting", defenses="none"))
+    two = run(_spec(tmp_path / "b", path, attacks="counting", defenses="none", jobs=2))
+    acc = lambda recs: sorted((r["attack"]["name"], r["metrics"]["test_acc"]) for r in recs)
+    assert acc(one) == acc(two)
+    assert np.isfinite([r["metrics"]["train_acc"] for r in two]).all()
