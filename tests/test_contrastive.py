@@ -114,9 +114,11 @@ def test_linear_probe_separates_linearly_separable_features(ctx):
     assert not model.training
 
 
-def test_simclr_pretraining_lowers_the_contrastive_loss(ctx, tiny):
-    x, _ = tiny
-    cfg = ContrastiveConfig(epochs=15, batch_size=32, base_temperature=0.5, lr=0.3)
+def test_simclr_pretraining_lowers_the_contrastive_loss(ctx):
+    # random smooth images: distinct instances whose identity survives crops and jitter
+    coarse = torch.rand(64, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    x = nn.functional.interpolate(coarse, size=(16, 16), mode="bilinear", align_corners=True)
+    cfg = ContrastiveConfig(epochs=8, batch_size=16, lr=0.05, base_temperature=0.5, warmup_epochs=0)
     _, model = make_simclr(ctx, None, cfg)
     augment = simclr_augmentation(3, (16, 16), cfg)
 
@@ -126,8 +128,9 @@ def test_simclr_pretraining_lowers_the_contrastive_loss(ctx, tiny):
             return contrastive_loss(model.eval(), augment, x, cfg).item()
 
     before = loss_now()
+    assert before == pytest.approx(math.log(127), abs=0.05)     # an untrained encoder is at chance
     pretrain_simclr(model, x, cfg, ctx)
-    assert loss_now() < before - 0.3
+    assert loss_now() < before - 0.2
 
 
 # -- the protocol's contract ---------------------------------------------------------------

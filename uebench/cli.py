@@ -95,8 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--leaderboard", default=DEFAULT_LEADERBOARD, type=Path, help="markdown file to (re)write")
     run.add_argument("--no-leaderboard", action="store_true", help="do not rewrite the leaderboard")
     run.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    run.add_argument("--jobs", type=int, default=1, help="cells run in parallel (joblib workers)")
-    run.add_argument("--backend", default="loky", help="joblib backend: loky | threading")
+    run.add_argument("--jobs", type=int, help="tasks run at once (default: 1 on CPU, one per GPU with several "
+                     "GPUs, the cluster's capacity on Ray)")
+    run.add_argument("--backend", default="loky", help="loky (local worker processes) | threading | ray")
+    run.add_argument("--ray-address", help="with --backend ray: the cluster to use, e.g. auto or HOST:6379 "
+                     "(default: $RAY_ADDRESS, else start a local Ray instance)")
+    run.add_argument("--retries", type=int, default=2, help="times a task whose worker died is run again "
+                     "before its cell is recorded as failed (default 2)")
     run.add_argument("--force", action="store_true", help="recompute finished cells")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.add_argument("--dry-run", action="store_true", help="print the plan and exit")
@@ -114,10 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from uebench import leaderboard
-    from uebench.runner import RunSpec, make_plan, run
+    from uebench.runner import RunSpec, check_worker_flags, make_plan, plan_workers, run
 
-    if args.jobs < 1:
-        raise UserError(f"--jobs must be >= 1, got {args.jobs}")
     overrides = {k: getattr(args, k) for k in ("model", "protocol", "epochs", "batch_size", "lr", "weight_decay",
                                                 "n_reference", "n_protected", "train_subset", "test_subset",
                                                 "schedule") if getattr(args, k) is not None}
@@ -127,7 +130,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                    defense_params=parse_params(args.defense_param, "-D"),
                    results_dir=args.results_dir, cache_dir=args.cache_dir, data_root=args.data_root,
                    download=args.download, device=args.device, jobs=args.jobs, backend=args.backend,
-                   force=args.force, progress=not args.quiet, plugins=args.plugin)
+                   retries=args.retries, ray_address=args.ray_address, force=args.force,
+                   progress=not args.quiet, plugins=args.plugin)
+    check_worker_flags(spec)
     plan = make_plan(spec)
     print(f"uebench: {plan.dataset.name}, table {plan.table_id}: {len(plan.cells)} cells, "
           f"{len(plan.pending)} to run, {len(plan.cells) - len(plan.pending)} already finished", file=sys.stderr)
@@ -138,7 +143,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.no_leaderboard:
         from uebench.runner import check_writable
         check_writable(Path(args.leaderboard).parent)
-    records = run(spec, plan)
+    workers = plan_workers(spec)
+    print(f"uebench: {workers.describe()}", file=sys.stderr)
+    records = run(spec, plan, workers)
     failed = [r for r in records if r["status"] == "failed"]
     for r in failed:
         print(f"FAILED {r.get('attack', {}).get('folder')} / {r.get('defense', {}).get('folder')} / "

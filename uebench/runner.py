@@ -14,8 +14,9 @@ import time
 import traceback
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -28,6 +29,8 @@ from uebench.presets import TableConfig, table_config
 from uebench.records import FINISHED, provenance, read_record, write_record
 from uebench.registry import ATTACKS, DEFENSES, UserError, load_plugin
 from uebench.train import accuracy
+from uebench.workers import (BACKENDS, Task, Workers, local_workers, ray_workers, remove_stale_temp_files,
+                             run_tasks, stop)
 
 CLEAN = "clean"   # the row without an attack
 NONE = "none"     # the column without a defense
@@ -50,8 +53,10 @@ class RunSpec:
     data_root: str | None = None
     download: bool = False
     device: str = "auto"
-    jobs: int = 1
+    jobs: int | None = None                                       # default: 1, or one per GPU / Ray slot
     backend: str = "loky"                                         # loky | threading | ray
+    retries: int = 2                                              # reruns of a task whose worker died
+    ray_address: str | None = None                                # None: start a local Ray instance
     force: bool = False
     progress: bool = True
     plugins: list[str] = field(default_factory=list)
@@ -167,8 +172,13 @@ def make_plan(spec: RunSpec) -> Plan:
     table_id, _ = table_identity(cfg, dataset)
     table_dir = results_dir / dataset.name / table_id
     cells = [Cell(a, d, s) for a in attacks for d in defenses for s in cfg.seeds]
-    pending = [c for c in cells if spec.force or not is_finished(c.path(table_dir))]
+    pending = cells if spec.force else pending_cells(cells, table_dir)
     return Plan(spec, cfg, dataset, splits, table_id, table_dir, cells, pending)
+
+
+def pending_cells(cells: list[Cell], table_dir: Path) -> list[Cell]:
+    """The cells without a finished record (missing, failed, truncated or corrupt: redone)."""
+    return [c for c in cells if not is_finished(c.path(table_dir))]
 
 
 def is_finished(path: Path) -> bool:
@@ -212,6 +222,7 @@ class Job:
     device: str
     threads: int
     progress: bool
+    slot: int | None = None    # the local worker slot (one per GPU) the task holds, if any
 
 
 _DATA: dict[tuple, tuple[Dataset, Splits]] = {}
@@ -373,47 +384,57 @@ def describe_cell(job: Job, cell: Cell, dataset: Dataset, splits: Splits) -> dic
 
 # -- orchestration ---------------------------------------------------------------------
 
-def _parallel(calls: list[tuple[Callable, tuple]], n_jobs: int, backend: str,
-              on_result: Callable[[tuple, Any], None], desc: str, progress: bool) -> None:
-    """Run ``calls`` (which never raise) in-process or through joblib, reporting each result
-    as it arrives so the progress bar and the records move together."""
-    from tqdm.auto import tqdm
-    if n_jobs == 1:
-        results: Iterable = ((args, fn(*args)) for fn, args in calls)
-    else:
-        from joblib import Parallel, delayed
-        results = Parallel(n_jobs=n_jobs, backend=backend, return_as="generator_unordered")(
-            delayed(_with_args)(fn, args) for fn, args in calls)
-    with tqdm(total=len(calls), desc=desc, disable=not progress, dynamic_ncols=True) as bar:
-        for args, result in results:
-            on_result(args, result)
-            bar.update(1)
+def check_worker_flags(spec: RunSpec) -> None:
+    if spec.jobs is not None and spec.jobs < 1:
+        raise UserError(f"--jobs must be >= 1, got {spec.jobs}")
+    if spec.retries < 0:
+        raise UserError(f"--retries must be >= 0, got {spec.retries}")
+    if spec.backend not in BACKENDS:
+        raise UserError(f"unknown --backend {spec.backend!r}: use {', '.join(BACKENDS)}")
+    if spec.ray_address and spec.backend != "ray":
+        raise UserError("--ray-address needs --backend ray")
 
 
-def _with_args(fn: Callable, args: tuple) -> tuple[tuple, Any]:
-    return args, fn(*args)
+def plan_workers(spec: RunSpec) -> Workers:
+    """Where the tasks run: in the driver, in local workers (one per GPU) or on Ray."""
+    check_worker_flags(spec)
+    if spec.backend == "ray":
+        return ray_workers(spec.device, spec.jobs, spec.retries, spec.ray_address)
+    device = resolve_device(spec.device)
+    return local_workers(str(device), spec.jobs, spec.backend, spec.retries,
+                         gpus=torch.cuda.device_count() if device.type == "cuda" else 0, cpus=os.cpu_count() or 1)
 
 
-def _stage1_task(fn: Callable, job: Job, method: Method, seed: int) -> str | None:
+def _stage1_task(job: Job, fn: Callable, method: Method, seed: int) -> str | None:
     """Make one poison set or one defense's shared state; return the error, if any, as text
     (the tensors stay in the cache, not in the result)."""
     try:
         fn(job, method, seed)
         return None
     except Exception as err:
-        return f"{method.name} failed: {type(err).__name__}: {err}".splitlines()[0][:500]
+        return _stage1_error(method, f"{type(err).__name__}: {err}")
 
 
-def run(spec: RunSpec, plan: Plan | None = None) -> list[dict]:
+def _stage1_error(method: Method, reason: str) -> str:
+    return f"{method.name} failed: {reason}".splitlines()[0][:500]
+
+
+def run(spec: RunSpec, plan: Plan | None = None, workers: Workers | None = None) -> list[dict]:
     """Run the grid ``spec`` describes; returns the records of the cells run now."""
     plan = plan or make_plan(spec)
-    device = resolve_device(spec.device)
-    jobs = max(1, int(spec.jobs))
-    threads = max(1, (os.cpu_count() or 1) // jobs) if device.type == "cpu" else 1
+    workers = workers or plan_workers(spec)
+    try:
+        return _run(spec, plan, workers)
+    finally:
+        stop(workers)
+
+
+def _run(spec: RunSpec, plan: Plan, workers: Workers) -> list[dict]:
     job = Job(spec, plan.config, plan.table_dir, Path(spec.cache_dir or Path(spec.results_dir) / ".cache"),
-              str(device), threads, spec.progress and jobs == 1)
+              workers.device, workers.threads, spec.progress and workers.backend == "inline")
     _DATA[(plan.config.dataset, spec.data_root, plan.config.train_subset, plan.config.test_subset,
            plan.config.n_reference, plan.config.n_protected, plan.config.split_seed)] = (plan.dataset, plan.splits)
+    remove_stale_temp_files([plan.table_dir, job.cache_dir])   # left by writers killed mid-write
 
     # Stage 1: every poison set and every defense's shared state, each exactly once.
     poisons = sorted({(c.attack, c.seed) for c in plan.pending if c.attack.name != CLEAN},
@@ -422,20 +443,24 @@ def run(spec: RunSpec, plan: Plan | None = None) -> list[dict]:
     prepares = sorted({(c.defense, c.seed) for c in applicable
                        if type(c.defense.instance).prepare is not Defense.prepare},
                       key=lambda p: (p[0].folder, p[1]))
-    stage1 = [(_stage1_task, (make_poison, job, a, s)) for a, s in poisons] + \
-             [(_stage1_task, (prepare_defense, job, d, s)) for d, s in prepares]
-    errors: dict[tuple[str, int], str] = {}
+    stage1 = [(make_poison, a, s) for a, s in poisons] + [(prepare_defense, d, s) for d, s in prepares]
+    errors: dict[tuple[str, str, int], str] = {}
 
-    def note_error(args: tuple, error: str | None) -> None:
+    def note_error(index: int, error: str | None) -> None:
+        fn, method, seed = stage1[index]
         if error:
-            errors[(args[0].__name__, args[2].folder, args[3])] = error
+            errors[(fn.__name__, method.folder, seed)] = error
 
     if stage1:
-        _parallel(stage1, jobs, spec.backend, note_error, "poisons and shared models", spec.progress)
+        tasks = [Task(_stage1_task, job, (fn, m, s), partial(_stage1_error, m)) for fn, m, s in stage1]
+        run_tasks(tasks, workers, note_error, "poisons and shared models", spec.progress)
 
     # Stage 2: the cells (a cell whose poison or defense state failed is recorded as failed).
     records: list[dict] = []
-    calls = [(run_cell, (job, c, errors.get(("make_poison", c.attack.folder, c.seed))
-                         or errors.get(("prepare_defense", c.defense.folder, c.seed)))) for c in plan.pending]
-    _parallel(calls, jobs, spec.backend, lambda args, rec: records.append(rec), "cells", spec.progress)
+    tasks = []
+    for c in plan.pending:
+        upstream = (errors.get(("make_poison", c.attack.folder, c.seed))
+                    or errors.get(("prepare_defense", c.defense.folder, c.seed)))
+        tasks.append(Task(run_cell, job, (c, upstream), partial(run_cell, job, c), c.path(plan.table_dir)))
+    run_tasks(tasks, workers, lambda index, record: records.append(record), "cells", spec.progress)
     return records

@@ -1,0 +1,193 @@
+"""Image shortcut squeezing and other pixel-level squeezes, applied once to the training set.
+
+Each defense here is a fixed, deterministic per-image transform, so transforming the
+whole training set once in ``purify`` equals transforming every epoch before crop and
+flip (what ISS does). They work for both protocols and on 1- or 3-channel images.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import kornia.filters
+import torch
+import torch.nn.functional as F
+from torchvision.io import decode_jpeg, encode_jpeg
+from torchvision.transforms.v2 import functional as TF
+
+from uebench.api import Defense
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """[0, 1] floats to uint8 pixels (rounded), contiguous NCHW."""
+    return x.mul(255).round_().clamp_(0, 255).to(torch.uint8).contiguous()
+
+
+def jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
+    """A real JPEG round trip of a float batch at ``quality`` (libjpeg on the CPU, nvjpeg on CUDA).
+
+    Uses torchvision.io's list API: one call encodes and one decodes the whole batch.
+    1-channel images are coded as grayscale JPEGs.
+    """
+    encoded = encode_jpeg(list(to_uint8(x)), quality=quality)
+    decoded = decode_jpeg(encoded, device=x.device)
+    return torch.stack(decoded).to(x.dtype) / 255
+
+
+@dataclass
+class _Squeeze(Defense):
+    """Base: apply :meth:`squeeze` to the whole training set once, in chunks, on the CPU.
+
+    The CPU keeps the purified set bit-identical on every device (nvjpeg and libjpeg
+    differ slightly); chunks bound the memory of the median filter's unfolding.
+    """
+
+    chunk_size: ClassVar[int] = 1024
+
+    def squeeze(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def purify(self, x, y, reference, ctx):
+        ctx.notes["purify"] = f"{self.name}: {self.describe_squeeze()}, applied once to the training set"
+        return torch.cat([self.squeeze(part) for part in x.cpu().split(self.chunk_size)])
+
+    def describe_squeeze(self) -> str:
+        return repr(self)
+
+
+@dataclass
+class Grayscale(_Squeeze):
+    """ISS grayscale (Liu et al., ICML 2023): train on grayscale copies with 3 equal channels.
+
+    Removes colour-based, low-frequency shortcuts (EM, REM, class-wise noise). Luma is
+    ITU-R 601-2 (0.299 R + 0.587 G + 0.114 B), as PIL's ``convert("L")`` used by ISS.
+    1-channel images are already gray and pass unchanged.
+
+    Defaults: none to set.
+    Deviations: none.
+    """
+
+    name = "iss-gray"
+    paper = "Liu et al., Image Shortcut Squeezing: Countering Perturbative Availability Poisons, ICML"
+    year = 2023
+
+    def squeeze(self, x):
+        if x.shape[1] == 1:
+            return x
+        return TF.rgb_to_grayscale(x, num_output_channels=x.shape[1])
+
+    def describe_squeeze(self):
+        return "ITU-R 601-2 grayscale, replicated to every channel"
+
+
+@dataclass
+class JPEG(_Squeeze):
+    """ISS JPEG (Liu et al., ICML 2023): train on JPEG-compressed copies of the images.
+
+    A real codec (libjpeg through torchvision.io) at low quality removes high-frequency
+    shortcuts (TAP, SEP, AR) that grayscale keeps.
+
+    Defaults: quality 10 (ISS, APBench).
+    Deviations: images are rounded to uint8 before coding (ISS codes uint8 PIL images too).
+    """
+
+    name = "iss-jpeg"
+    paper = "Liu et al., Image Shortcut Squeezing: Countering Perturbative Availability Poisons, ICML"
+    year = 2023
+    quality: int = 10
+
+    def __post_init__(self):
+        if not 1 <= self.quality <= 100:
+            raise ValueError(f"quality must lie in 1..100, got {self.quality}")
+
+    def squeeze(self, x):
+        return jpeg(x, self.quality)
+
+    def describe_squeeze(self):
+        return f"JPEG quality {self.quality} (libjpeg via torchvision.io)"
+
+
+@dataclass
+class BitDepthReduction(_Squeeze):
+    """Bit-depth reduction (Xu et al., feature squeezing, NDSS 2018), as used by APBench.
+
+    Each pixel is rounded to the nearest of 2^bits evenly spaced levels in [0, 1]
+    (``round(x·(2^b − 1)) / (2^b − 1)``), so black and white stay black and white.
+
+    Defaults: 2 bits, i.e. 4 levels (APBench).
+    Deviations: none (posterize, which keeps the top bits, would darken images instead).
+    """
+
+    name = "bdr"
+    paper = "Xu et al., Feature Squeezing: Detecting Adversarial Examples, NDSS"
+    year = 2018
+    bits: int = 2
+
+    def __post_init__(self):
+        if not 1 <= self.bits <= 8:
+            raise ValueError(f"bits must lie in 1..8, got {self.bits}")
+
+    def squeeze(self, x):
+        levels = 2 ** self.bits - 1
+        return torch.round(x * levels) / levels
+
+    def describe_squeeze(self):
+        return f"{self.bits}-bit depth ({2 ** self.bits} levels)"
+
+
+@dataclass
+class GaussianBlur(_Squeeze):
+    """Gaussian smoothing (APBench's low-pass baseline), with kornia.filters.gaussian_blur2d.
+
+    Defaults: kernel 3, σ 0.1 (APBench). Note that σ = 0.1 puts a weight of about e^-50 on
+    the neighbours, so the default is almost the identity; this is why APBench's Gaussian
+    column matches its no-defense column. Raise ``sigma`` for a real low-pass filter.
+    Deviations: reflect padding at the border.
+    """
+
+    name = "gaussian"
+    paper = "Gaussian smoothing baseline of APBench (Qin et al.), arXiv"
+    year = 2023
+    kernel_size: int = 3
+    sigma: float = 0.1
+
+    def __post_init__(self):
+        if self.kernel_size < 1 or self.kernel_size % 2 == 0 or self.sigma <= 0:
+            raise ValueError(f"need an odd kernel_size >= 1 and sigma > 0, got {self.kernel_size}, {self.sigma}")
+
+    def squeeze(self, x):
+        k, s = self.kernel_size, self.sigma
+        return kornia.filters.gaussian_blur2d(x, (k, k), (s, s), border_type="reflect")
+
+    def describe_squeeze(self):
+        return f"Gaussian blur, kernel {self.kernel_size}, sigma {self.sigma:g}"
+
+
+@dataclass
+class MedianFilter(_Squeeze):
+    """Median filtering (feature squeezing, Xu et al., NDSS 2018), with kornia.filters.median_blur.
+
+    Removes isolated impulses (e.g. OPS's one-pixel shortcut) while keeping edges.
+
+    Defaults: kernel 3.
+    Deviations: the image is reflect-padded first, because kornia pads with zeros and a
+    3×3 median would then turn every corner pixel black.
+    """
+
+    name = "median"
+    paper = "Xu et al., Feature Squeezing: Detecting Adversarial Examples, NDSS"
+    year = 2018
+    kernel_size: int = 3
+
+    def __post_init__(self):
+        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd and >= 1, got {self.kernel_size}")
+
+    def squeeze(self, x):
+        r = self.kernel_size // 2
+        padded = F.pad(x, (r, r, r, r), mode="reflect")
+        filtered = kornia.filters.median_blur(padded, (self.kernel_size, self.kernel_size))
+        return filtered[..., r:padded.shape[-2] - r, r:padded.shape[-1] - r]
+
+    def describe_squeeze(self):
+        return f"median filter, kernel {self.kernel_size}"

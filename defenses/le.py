@@ -1,0 +1,130 @@
+"""Learnable Examples: joint-conditional diffusion purification (LE-JCDP)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from uebench.diffusion import DIFFUSION_PRESETS, DiffusionModel, DiffusionPurification
+
+
+@dataclass
+class LE(DiffusionPurification):
+    """Jiang et al., "Unlearnable Examples Give a False Sense of Security: Piercing through
+    Unexploitable Data with Learnable Examples", ACM MM 2023 (arXiv 2305.09241).
+
+    A DDPM of clean data (trained on the defender's reference split, see
+    :mod:`uebench.diffusion`) turns each unlearnable example x_ue into a *learnable*
+    example: x_ue (scaled to [-1, 1]) is diffused to step ``t_star`` and denoised back to
+    0, and every reverse step is guided towards x_ue so the image keeps its content while
+    the perturbation is washed out; the pass is repeated ``passes`` times, each starting
+    from the previous output. The victim then trains normally on the purified set.
+
+    Reverse step at t (σ_t² = β_t, fixed-large):
+    x̂0 = clip(√(1/ᾱ_t) x_t − √(1/ᾱ_t − 1) ε_θ), μ = c1 x̂0 + c2 x_t,
+    μ′ = μ + σ_t² s_t ∇_{x_t} G(x_t, x_ue,t), x_{t−1} = μ′ + σ_t z (no noise at t = 0),
+    with x_ue,t = √ᾱ_t x_ue + √(1 − ᾱ_t) ε drawn afresh at every step and
+    G = −Σ_images d(x_t, x_ue,t): d is the pixel MSE for the noisy steps t > ``switch_step``
+    and the perceptual distance for t ≤ ``switch_step`` (LPIPS-AlexNet, or the offline
+    stand-in of :mod:`uebench.perceptual`; which one is in ``ctx.notes["perceptual"]``).
+    The guidance scale s_t = √(1 − ᾱ_t) / (m √ᾱ_t) with m = 2·``budget`` / (3·``guidance_scale``)
+    (the official m = (2·8/255)/3/70000: the budget on the [-1, 1] scale over three times
+    the scale); ``guidance_scale = 0`` turns the guidance off.
+
+    Defaults (official configuration, CIFAR-10): t* = 20, 4 passes, switch at t = 10,
+    guidance scale 70000, budget 8/255, batch 500, the DDPM CIFAR-10 network
+    (``ddpm-cifar``). ``stride > 1`` reverses over every stride-th step (CPU presets).
+
+    Deviations:
+    - Distances are per image and summed over the batch, so each image's guidance is
+      independent of the batch size. The official code averages MSE and LPIPS over the
+      whole batch, so its guidance shrinks with the batch (at its batch of 500 it is
+      1/500 of ours, close to unguided); ours equals the official one at batch size 1.
+    - Consistent steps: the image is noised to ᾱ_{t*} and denoising starts at model step t*
+      (t*, ..., 0: t* + 1 steps). The official code noises to ᾱ_20 and denoises from
+      model step 19.
+    - The diffusion model is trained from scratch on the reference split (the paper
+      fine-tunes a pretrained CIFAR-10 DDPM on about 10,000 unprotected images; a later
+      re-run used the test set, which we never do).
+    - σ² at the last step is β_0 (the official fixed-large variance uses the posterior
+      variance of step 1 there; it only scales the guidance of that one step).
+    - Without LPIPS-AlexNet weights (offline machines) the perceptual distance is the
+      LPIPS-style stand-in over a classifier trained on the reference split.
+    """
+
+    name = "le"
+    paper = ("Jiang et al., Unlearnable Examples Give a False Sense of Security: Piercing through "
+             "Unexploitable Data with Learnable Examples, ACM MM")
+    year = 2023
+    presets = {
+        "smoke": {**DIFFUSION_PRESETS["smoke"], "stride": 10},
+        "demo": {**DIFFUSION_PRESETS["demo"], "stride": 5},
+        "cpu": {**DIFFUSION_PRESETS["cpu"], "stride": 5},
+        "paper": {**DIFFUSION_PRESETS["paper"]},
+    }
+
+    t_star: int = 20
+    passes: int = 4
+    switch_step: int = 10              # perceptual distance for t <= switch_step, MSE above
+    guidance_scale: float = 70000.0
+    budget: float = 8 / 255            # L∞ budget of the perturbations, [0, 1] scale
+    perceptual: str = "auto"           # auto | lpips | reference
+    perceptual_arch: str = "smallcnn"  # the stand-in's classifier
+
+    def __post_init__(self):
+        if self.passes < 1 or self.t_star < 0:
+            raise ValueError(f"need passes >= 1 and t_star >= 0, got {self.passes}, {self.t_star}")
+        if self.guidance_scale < 0 or self.budget <= 0:
+            raise ValueError("guidance_scale must be >= 0 and budget > 0")
+
+    @property
+    def m(self) -> float:
+        return 2 * self.budget / (3 * self.guidance_scale) if self.guidance_scale else math.inf
+
+    def distance_kind(self, t: int) -> str:
+        return "perceptual" if t <= self.switch_step else "mse"
+
+    def setup(self, model, reference, ctx):
+        timesteps = model.timesteps(self.t_star, self.stride)
+        self._distance = None
+        if self.guidance_scale and any(self.distance_kind(t) == "perceptual" for t in timesteps):
+            from uebench.perceptual import perceptual_distance
+            self._distance = perceptual_distance(self.perceptual, reference, ctx, self.perceptual_arch)
+        self._guide_generator = ctx.generator(104729)   # its own stream: guided and unguided runs share z
+        self._trace: list[list] = []
+        ctx.notes["schedule"] = {"t_star": self.t_star, "stride": self.stride, "passes": self.passes,
+                                 "timesteps": timesteps, "m": self.m, "guidance": self._trace}
+
+    def purify_batch(self, model: DiffusionModel, x, generator, ctx):
+        timesteps = model.timesteps(self.t_star, self.stride)
+        out = x
+        for i in range(self.passes):
+            # the trace of distances used is kept for the first pass of the first batch
+            trace = self._trace if i == 0 and not self._trace else None
+            guide = self.guide_towards(model, x, trace) if self.guidance_scale else None
+            noise = torch.randn(x.shape, generator=generator).to(x.device)
+            out = model.reverse(model.q_sample(out, timesteps[0], noise), timesteps, generator, guide)
+        return out
+
+    def guide_towards(self, model: DiffusionModel, x_ue: torch.Tensor, trace: list | None = None):
+        """s_t ∇_{x_t} G(x_t, x_ue,t) as a function of (x_t, t), for DiffusionModel.reverse."""
+
+        def guide(x_t: torch.Tensor, t: int) -> torch.Tensor:
+            noise = torch.randn(x_ue.shape, generator=self._guide_generator).to(x_ue.device)
+            target = model.crop(model.q_sample(x_ue, t, noise))
+            kind = self.distance_kind(t)
+            if trace is not None:
+                trace.append([t, kind])
+            with torch.enable_grad():
+                x_in = x_t.detach().requires_grad_(True)
+                current = model.crop(x_in)
+                if kind == "mse":
+                    distance = (current - target).pow(2).flatten(1).mean(1)
+                else:
+                    distance = self._distance(current, target)
+                grad, = torch.autograd.grad(-distance.sum(), x_in)
+            a = model.alphas_cumprod[t].item()
+            return math.sqrt(1 - a) / (self.m * math.sqrt(a)) * grad
+
+        return guide

@@ -1,0 +1,447 @@
+"""A DDPM of clean data, shared by the diffusion-purification defenses (LE, AVATAR).
+
+The model is trained on the defender's clean *reference* split only (the tuple handed to
+``Defense.prepare`` / ``fit``), never on the protected images or the test set, and is
+cached on disk per (dataset, reference split, seed, configuration), so every cell and
+both defenses reuse one model.
+
+- Noise schedule (Ho et al., 2020): T = 1000, linear β from 1e-4 to 0.02, fixed-large
+  reverse variance σ_t² = β_t, ε-prediction, x̂0 clipped to [-1, 1]. diffusers'
+  ``DDPMScheduler`` holds β / ᾱ and does the forward noising; the network is diffusers'
+  ``UNet2DModel``.
+- Sizes are named configs (:data:`CONFIGS`): ``tiny`` for smoke and CPU runs, and
+  ``ddpm-cifar``, the DDPM CIFAR-10 network (channels 128, multipliers 1,2,2,2, two
+  residual blocks per level, self-attention at the second level, i.e. 16×16 on 32×32
+  images, dropout 0.1, about 36M parameters).
+- Any image size and channel count: images are reflect-padded to the next multiple of
+  2^(levels − 1) that the UNet's down-sampling needs (28×28 → 32×32 for ``ddpm-cifar``;
+  8×8 and 32×32 need no padding) and cropped back after denoising.
+- Training follows DDPM: Adam lr 2e-4 with linear warm-up, gradient clipping at 1,
+  random horizontal flips, an EMA of the weights (decay a config field: 0.9999 for the
+  long runs, smaller for the short CPU runs so the average is not stuck at the
+  initialisation), checkpoints written atomically every ``checkpoint_every`` steps and
+  resumed from after a crash (the data order and noise continue exactly).
+- Reverse process over any decreasing subsequence of timesteps ("strided", as in
+  DDIM/respaced DDPM): between kept steps t > t′ the step uses β = 1 − ᾱ_t / ᾱ_t′,
+  so ``stride=1`` is exactly the full DDPM chain.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from uebench.api import Defense
+from uebench.context import atomic_torch_save, content_key
+from uebench.train import autocast
+
+if TYPE_CHECKING:
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    from uebench.context import Context
+
+NUM_TIMESTEPS = 1000
+BETA_START, BETA_END = 1e-4, 0.02
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """A UNet size plus the recipe that trains it (every field enters the cache key)."""
+
+    block_out_channels: tuple[int, ...]
+    layers_per_block: int
+    attention_levels: tuple[int, ...]   # levels (0 = full resolution) with self-attention
+    mid_attention: bool
+    dropout: float
+    norm_num_groups: int
+    train_steps: int
+    batch_size: int
+    ema_decay: float
+    warmup_steps: int
+    checkpoint_every: int
+    # Training timesteps are drawn uniformly from [0, max_timestep]; all T (the paper) by
+    # default. Purification only visits small t (LE 20, AVATAR 100), so short CPU runs
+    # spend their few steps there; purifying from a t the model never saw is refused.
+    max_timestep: int = NUM_TIMESTEPS - 1
+    lr: float = 2e-4
+    grad_clip: float = 1.0
+    flip: bool = True
+
+    @property
+    def pad_multiple(self) -> int:
+        return 2 ** (len(self.block_out_channels) - 1)
+
+
+CONFIGS: dict[str, DiffusionConfig] = {
+    # Ho et al. (2020), CIFAR-10: 35.7M parameters, batch 128, 800k steps, EMA 0.9999.
+    "ddpm-cifar": DiffusionConfig(block_out_channels=(128, 256, 256, 256), layers_per_block=2,
+                                  attention_levels=(1,), mid_attention=True, dropout=0.1, norm_num_groups=32,
+                                  train_steps=800_000, batch_size=128, ema_decay=0.9999, warmup_steps=5000,
+                                  checkpoint_every=5000),
+    # About 0.6M parameters, three levels, no attention: 0.5 s per training step at batch 64
+    # and 3 ms per image per reverse step on one free CPU core (32×32 RGB). A small network
+    # trained for few steps: lr 1e-3 (the few steps must count), EMA 0.995, t <= 100 only.
+    "tiny": DiffusionConfig(block_out_channels=(16, 32, 64), layers_per_block=1, attention_levels=(),
+                            mid_attention=False, dropout=0.0, norm_num_groups=8, train_steps=2000,
+                            batch_size=64, ema_decay=0.995, warmup_steps=50, checkpoint_every=100,
+                            max_timestep=100, lr=1e-3),
+}
+
+
+def get_config(name: str, **overrides: Any) -> DiffusionConfig:
+    """The named config with the non-None ``overrides`` applied."""
+    if name not in CONFIGS:
+        raise ValueError(f"unknown diffusion config {name!r}; choose one of {', '.join(CONFIGS)}")
+    return replace(CONFIGS[name], **{k: v for k, v in overrides.items() if v is not None})
+
+
+def make_scheduler() -> "DDPMScheduler":
+    from diffusers import DDPMScheduler
+    return DDPMScheduler(num_train_timesteps=NUM_TIMESTEPS, beta_start=BETA_START, beta_end=BETA_END,
+                         beta_schedule="linear", variance_type="fixed_large", clip_sample=True,
+                         prediction_type="epsilon")
+
+
+def make_unet(config: DiffusionConfig, channels: int, size: int) -> "UNet2DModel":
+    """The ε-network; ``size`` is only recorded in the diffusers config."""
+    from diffusers import UNet2DModel
+    levels = len(config.block_out_channels)
+    down = ["AttnDownBlock2D" if i in config.attention_levels else "DownBlock2D" for i in range(levels)]
+    up = ["AttnUpBlock2D" if levels - 1 - i in config.attention_levels else "UpBlock2D" for i in range(levels)]
+    return UNet2DModel(sample_size=size, in_channels=channels, out_channels=channels,
+                       block_out_channels=config.block_out_channels, layers_per_block=config.layers_per_block,
+                       down_block_types=tuple(down), up_block_types=tuple(up), add_attention=config.mid_attention,
+                       attention_head_dim=None,   # one head over all channels, as DDPM
+                       dropout=config.dropout, norm_num_groups=config.norm_num_groups)
+
+
+def fingerprint(*tensors: torch.Tensor) -> str:
+    """A content hash of tensors (shape, dtype and bytes): which data a model saw."""
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{tuple(t.shape)}{t.dtype}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def padding_for(size: tuple[int, int], multiple: int) -> tuple[int, int, int, int]:
+    """(left, right, top, bottom) reflect padding that makes H and W multiples of ``multiple``."""
+    h, w = size
+    ph, pw = (-h) % multiple, (-w) % multiple
+    return pw // 2, pw - pw // 2, ph // 2, ph - ph // 2
+
+
+# -- training ------------------------------------------------------------------------------
+
+def _ema_update(decay: float) -> Callable:
+    """EMA with the usual warm-up, decay_n = min(decay, (1 + n) / (10 + n)) after n updates,
+    so a short run's average is not dominated by the random initialisation."""
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
+        n = int(n_averaged)
+        d = min(decay, (1 + n) / (10 + n))
+        torch._foreach_lerp_(averaged, current, 1 - d)
+
+    return update
+
+
+def train_diffusion(images: torch.Tensor, config: DiffusionConfig, device: torch.device, seed: int,
+                    checkpoint: Path | None = None, progress: Callable | None = None,
+                    on_step: Callable[[int], None] | None = None) -> tuple[nn.Module, dict]:
+    """Train a DDPM on ``images`` (N, C, H, W in [0, 1]); return the EMA network and facts.
+
+    With ``checkpoint`` set, the state (weights, EMA, optimiser, data order, RNG) is
+    written there atomically every ``config.checkpoint_every`` steps, and a run that
+    finds the file continues from its step. ``on_step(step)`` is called after each step
+    (used to count steps and to simulate a crash in the tests).
+    """
+    from torch.optim.swa_utils import AveragedModel
+
+    data_fingerprint = fingerprint(images)
+    pad = padding_for(images.shape[-2:], config.pad_multiple)
+    x = F.pad(images.float() * 2 - 1, pad, mode="reflect") if any(pad) else images.float() * 2 - 1
+    x = x.to(device)
+    torch.manual_seed(seed)   # weight init and dropout
+    unet = make_unet(config, x.shape[1], x.shape[-1]).to(device)
+    ema = AveragedModel(unet, multi_avg_fn=_ema_update(config.ema_decay), use_buffers=True)
+    opt = torch.optim.Adam(unet.parameters(), lr=config.lr)
+    warmup = lambda step: min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup)
+    alphas_cumprod = make_scheduler().alphas_cumprod.to(device)
+    gen = torch.Generator().manual_seed(seed)
+    step = 0
+    if checkpoint is not None and checkpoint.exists():
+        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        # the same run, or the same run extended to more steps
+        same_run = {**state["config"], "train_steps": None} == {**asdict(config), "train_steps": None}
+        if state["fingerprint"] != data_fingerprint or not same_run or state["step"] > config.train_steps:
+            raise RuntimeError(f"checkpoint {checkpoint} belongs to another run; delete it to start afresh")
+        unet.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        step = state["step"]
+
+    def save_checkpoint() -> None:
+        if checkpoint is not None:
+            atomic_torch_save({"step": step, "model": unet.state_dict(), "ema": ema.state_dict(),
+                               "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                               "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+                               "fingerprint": data_fingerprint, "config": asdict(config)}, checkpoint)
+
+    bar = progress(total=config.train_steps, desc="diffusion") if progress else None
+    if bar is not None:
+        bar.update(step)
+    start, first_step = time.perf_counter(), step
+    unet.train()
+    while step < config.train_steps:
+        idx = torch.randint(0, len(x), (config.batch_size,), generator=gen)
+        x0 = x[idx.to(device)]
+        if config.flip:
+            flip = (torch.rand(len(idx), generator=gen) < 0.5).to(device)
+            x0 = torch.where(flip[:, None, None, None], x0.flip(3), x0)
+        t = torch.randint(0, config.max_timestep + 1, (len(idx),), generator=gen).to(device)
+        noise = torch.randn(x0.shape, generator=gen).to(device)
+        a = alphas_cumprod[t].view(-1, 1, 1, 1)
+        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        with autocast(device):
+            loss = F.mse_loss(unet(x_t, t).sample.float(), noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(unet.parameters(), config.grad_clip)
+        opt.step()
+        sched.step()
+        ema.update_parameters(unet)
+        step += 1
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        if step % config.checkpoint_every == 0 or step == config.train_steps:
+            save_checkpoint()
+        if on_step is not None:
+            on_step(step)
+    if bar is not None:
+        bar.close()
+    facts = {"train_fingerprint": data_fingerprint, "n_train_images": len(images), "steps": step,
+             "steps_this_run": step - first_step, "train_seconds": round(time.perf_counter() - start, 1),
+             "last_loss": round(loss.item(), 5) if step > first_step else None,
+             "parameters": sum(p.numel() for p in unet.parameters()), "padding": list(pad)}
+    return ema.module.eval(), facts
+
+
+# -- sampling ------------------------------------------------------------------------------
+
+@dataclass
+class DiffusionModel:
+    """A trained ε-network with the DDPM schedule: forward noising and reverse steps.
+
+    Works in the model's space: images in [-1, 1], padded; :meth:`encode` and
+    :meth:`decode` convert from and to [0, 1] images of the original size.
+    """
+
+    unet: nn.Module
+    config: DiffusionConfig
+    image_size: tuple[int, int]
+    facts: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.scheduler = make_scheduler()
+        self.alphas_cumprod = self.scheduler.alphas_cumprod.double()   # ᾱ_t, float64 for the ratios
+        self.pad = padding_for(self.image_size, self.config.pad_multiple)
+        self.unet.eval().requires_grad_(False)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    def to(self, device: torch.device) -> "DiffusionModel":
+        self.unet.to(device)
+        return self
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, torch.float32) * 2 - 1
+        return F.pad(x, self.pad, mode="reflect") if any(self.pad) else x
+
+    def crop(self, x: torch.Tensor) -> torch.Tensor:
+        left, _, top, _ = self.pad
+        h, w = self.image_size
+        return x[..., top:top + h, left:left + w]
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        return ((self.crop(x) + 1) / 2).clamp(0, 1)
+
+    def q_sample(self, x0: torch.Tensor, t: int, noise: torch.Tensor) -> torch.Tensor:
+        """x_t ~ q(x_t | x_0) = √ᾱ_t x_0 + √(1 − ᾱ_t) ε (diffusers' ``add_noise``)."""
+        return self.scheduler.add_noise(x0, noise, torch.full((len(x0),), t, dtype=torch.long))
+
+    def timesteps(self, t_start: int, stride: int = 1) -> list[int]:
+        """The reverse schedule t_start, t_start − stride, ..., always ending at 0."""
+        if stride < 1:
+            raise ValueError(f"stride must be >= 1, got {stride}")
+        if not 0 <= t_start <= self.config.max_timestep:
+            raise ValueError(f"cannot purify from t = {t_start}: the diffusion model was trained on t <= "
+                             f"{self.config.max_timestep} (raise diffusion_max_timestep)")
+        steps = list(range(t_start, 0, -stride))
+        return steps + [0]
+
+    def step_coefficients(self, t: int, t_prev: int) -> tuple[float, float, float, float, float]:
+        """(√(1/ᾱ_t), √(1/ᾱ_t − 1), c1, c2, σ²) of the step from t to t_prev (−1: clean)."""
+        a = self.alphas_cumprod[t].item()
+        a_prev = self.alphas_cumprod[t_prev].item() if t_prev >= 0 else 1.0
+        beta = 1 - a / a_prev
+        c1 = beta * math.sqrt(a_prev) / (1 - a)             # posterior mean coefficients of q(x_t′ | x_t, x_0)
+        c2 = (1 - a_prev) * math.sqrt(1 - beta) / (1 - a)
+        return math.sqrt(1 / a), math.sqrt(1 / a - 1), c1, c2, beta   # fixed-large variance σ² = β
+
+    @torch.no_grad()
+    def reverse(self, x: torch.Tensor, timesteps: list[int], generator: torch.Generator,
+                guide: Callable[[torch.Tensor, int], torch.Tensor] | None = None) -> torch.Tensor:
+        """Run the reverse chain over ``timesteps`` (decreasing, ending at 0) from x = x_{t_0}.
+
+        Each step: x̂0 = clip(√(1/ᾱ_t) x_t − √(1/ᾱ_t − 1) ε_θ(x_t, t)), μ = c1 x̂0 + c2 x_t,
+        μ′ = μ + σ_t² · guide(x_t, t), x_t′ = μ′ + σ_t z (no noise on the last step).
+        ``guide`` returns s_t ∇ log p(condition | x_t), as in classifier guidance.
+        """
+        device = self.device
+        for i, t in enumerate(timesteps):
+            t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
+            recip, recipm1, c1, c2, var = self.step_coefficients(t, t_prev)
+            with autocast(device):
+                eps = self.unet(x, torch.full((len(x),), t, device=device)).sample.float()
+            x0 = (recip * x - recipm1 * eps).clamp(-1, 1)
+            mean = c1 * x0 + c2 * x
+            if guide is not None:
+                mean = mean + var * guide(x, t)
+            if t_prev >= 0:
+                mean = mean + math.sqrt(var) * torch.randn(x.shape, generator=generator).to(device)
+            x = mean
+        return x
+
+
+# -- caching -----------------------------------------------------------------------------
+
+_LOADED: dict[str, DiffusionModel] = {}   # in-process: LE and AVATAR of one run share one object
+
+
+def diffusion_model(reference: tuple[torch.Tensor, torch.Tensor], config_name: str, ctx: "Context",
+                    **overrides: Any) -> DiffusionModel:
+    """The DDPM of the reference split's images: loaded from the cache, or trained (resuming
+    from a checkpoint) and cached. Facts, the training-data fingerprint among them, go
+    into ``ctx.notes["diffusion"]``."""
+    images = reference[0]
+    if len(images) == 0:
+        raise ValueError("diffusion purification needs a clean reference split (n_reference > 0)")
+    config = get_config(config_name, **overrides)
+    ref_fingerprint = fingerprint(images)
+    key = {"diffusion": config_name, "config": asdict(config), "reference": ref_fingerprint,
+           "dataset": ctx.dataset, "seed": ctx.seed, "version": 1}
+    cache_key = content_key(key)
+    model = _LOADED.get(cache_key)
+    source = "memory"
+    if model is None:
+        folder = Path(ctx.cache_dir) / "diffusion" / cache_key if ctx.cache_dir is not None else None
+        final = folder / "model.pt" if folder is not None else None
+        stored = None
+        if final is not None and final.exists():
+            try:
+                stored = torch.load(final, map_location="cpu", weights_only=False)
+            except Exception:   # a corrupt file is rebuilt, never trusted
+                final.unlink(missing_ok=True)
+        if stored is not None:
+            unet = make_unet(config, images.shape[1], images.shape[-1])
+            unet.load_state_dict(stored["model"])
+            facts, source = stored["facts"], "disk cache"
+        else:
+            unet, facts = train_diffusion(images, config, ctx.device, ctx.seed,
+                                          checkpoint=folder / "checkpoint.pt" if folder is not None else None,
+                                          progress=lambda **kw: ctx.pbar(**kw))
+            if final is not None:
+                atomic_torch_save({"key": key, "model": unet.state_dict(), "facts": facts}, final)
+                (folder / "checkpoint.pt").unlink(missing_ok=True)   # the final weights supersede it
+            source = "trained"
+        model = DiffusionModel(unet.to("cpu"), config, tuple(images.shape[-2:]), facts)
+        if len(_LOADED) >= 2:
+            _LOADED.pop(next(iter(_LOADED)))
+        _LOADED[cache_key] = model
+    ctx.notes["diffusion"] = {"config": config_name, **model.facts, "source": source, "cache_key": cache_key, "reference_fingerprint": ref_fingerprint,
+                              "ema_decay": config.ema_decay, "max_timestep": config.max_timestep,
+                              "train_steps": config.train_steps}
+    return model.to(ctx.device)
+
+
+# -- the defenses' shared part --------------------------------------------------------------
+
+# Diffusion settings per preset, shared by LE and AVATAR so that both use one cached model.
+DIFFUSION_PRESETS: dict[str, dict[str, Any]] = {
+    "smoke": {"diffusion": "tiny", "diffusion_steps": 20, "batch_size": 128},
+    # digits (8×8 grey): the tiny UNet learns them in a few hundred steps.
+    "demo": {"diffusion": "tiny", "diffusion_steps": 600, "batch_size": 256},
+    # CIFAR-10 at CPU scale: ~10 min of diffusion training on 2 cores, reused by every cell.
+    "cpu": {"diffusion": "tiny", "diffusion_steps": 1500, "batch_size": 256},
+    "paper": {},
+}
+
+
+@dataclass
+class DiffusionPurification(Defense):
+    """Base of the defenses that purify the training set with a DDPM of the reference split.
+
+    Subclasses implement :meth:`purify_batch` (images in model space, [-1, 1], padded).
+    """
+
+    diffusion: str = "ddpm-cifar"            # a name in uebench.diffusion.CONFIGS
+    diffusion_steps: int | None = None       # training steps (None: the config's)
+    diffusion_max_timestep: int | None = None
+    diffusion_ema: float | None = None
+    stride: int = 1                          # reverse over every stride-th timestep (1: full chain)
+    batch_size: int = 500                    # images purified at once on the device
+
+    figure_name: ClassVar[str] = "purified.png"
+
+    def diffusion_model(self, reference, ctx: "Context") -> DiffusionModel:
+        return diffusion_model(reference, self.diffusion, ctx, train_steps=self.diffusion_steps,
+                               max_timestep=self.diffusion_max_timestep, ema_decay=self.diffusion_ema)
+
+    def prepare(self, reference, ctx):
+        self.diffusion_model(reference, ctx)
+
+    def purify(self, x, y, reference, ctx):
+        model = self.diffusion_model(reference, ctx)
+        self.setup(model, reference, ctx)
+        gen = ctx.generator(7919)
+        out = []
+        for i in ctx.pbar(range(0, len(x), self.batch_size), desc=self.name):
+            xb = model.encode(x[i:i + self.batch_size])
+            out.append(model.decode(self.purify_batch(model, xb, gen, ctx)).cpu())
+        purified = torch.cat(out) if out else x.clone()
+        self.save_figure(x, purified, ctx)
+        return purified
+
+    def setup(self, model: DiffusionModel, reference, ctx: "Context") -> None:
+        """Anything built once per purification (e.g. the perceptual distance)."""
+
+    def purify_batch(self, model: DiffusionModel, x: torch.Tensor, generator: torch.Generator,
+                     ctx: "Context") -> torch.Tensor:
+        raise NotImplementedError
+
+    def save_figure(self, x: torch.Tensor, purified: torch.Tensor, ctx: "Context", columns: int = 8) -> None:
+        """Rows: unlearnable, purified (the defense never sees the clean images)."""
+        if ctx.artifact_dir is None or len(x) == 0:
+            return
+        from torchvision.utils import save_image
+        path = Path(ctx.artifact_dir) / self.figure_name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        n = min(columns, len(x))
+        save_image(torch.cat([x[:n], purified[:n]]), path, nrow=n, padding=1)
+        ctx.notes["figure"] = self.figure_name
