@@ -126,7 +126,7 @@ class AR(Attack):
         signal = torch.zeros(len(draws), draws.shape[1], *size)
         for _ in range(trials):
             signal = self.ar_noise(draws, size, gen)
-            rms = signal.flatten(1).norm(dim=1) / signal[0].numel() ** 0.5
+            rms = signal.flatten(1).norm(dim=1) / (draws.shape[1] * size[0] * size[1]) ** 0.5
             stable &= torch.isfinite(rms) & (rms <= self.max_rms)
         norm = signal.flatten(1).norm(dim=1).nan_to_num(1.0).clamp_min(1e-12)
         return stable, signal / norm[:, None, None, None]

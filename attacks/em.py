@@ -96,7 +96,8 @@ class EM(Attack):
         x, y = x.to(device), y.to(device)
         craft = self.crafting_indices(y, ctx)
         noise = self.initial_noise(x, ctx)
-        model = ctx.make_model(self.surrogate).to(device)
+        # channels-last: about 1.5x faster convolutions on CPU (and the layout GPUs prefer)
+        model = ctx.make_model(self.surrogate).to(device, memory_format=torch.channels_last)
         opt = torch.optim.SGD(model.parameters(), lr=self.lr, momentum=self.momentum,
                               weight_decay=self.weight_decay)
         train_batches = batch_stream(len(craft), self.batch_size, ctx.generator(1))
@@ -160,7 +161,9 @@ class EMClasswise(EM):
     presets = {
         "smoke": {"max_rounds": 2, "train_steps": 2, "batch_size": 32, "subset": 1.0},
         "demo": {"max_rounds": 10, "batch_size": 128, "subset": 0.5},
-        "cpu": {"max_rounds": 10, "train_steps": 20, "batch_size": 256},
+        # The paper's 90 % stop leaves the pattern weak against a small CNN trained with crop
+        # and flip (4,000 CIFAR images, 10 epochs: 63 % clean -> 49 %); 99 % gives 43 %.
+        "cpu": {"max_rounds": 15, "train_steps": 20, "batch_size": 256, "stop_accuracy": 0.99},
     }
 
     steps: int = 1

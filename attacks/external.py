@@ -22,10 +22,11 @@ class External(Attack):
     """A poison set made elsewhere, e.g. the TAP or ISS authors' released CIFAR-10 poisons.
 
     ``path`` is either an ``.npz`` file holding uint8 images (key ``x_train`` or ``x``,
-    N×H×W×C) in the dataset's original training order, or a folder of PNGs named by
-    training index (``123.png``; a ``data/`` subfolder is looked into, as the released
-    TAP and AR folders are laid out). The protected images are looked up by their
-    original training indices, which the runner puts in ``ctx.notes["train_indices"]``.
+    N×H×W×C; a bare ``.npy`` array also works) in the dataset's original training
+    order, or a folder of PNGs named by training index (``123.png``; a ``data/``
+    subfolder is looked into, as the released TAP and AR folders are laid out). The
+    protected images are looked up by their original training indices, which the
+    runner puts in ``ctx.notes["train_indices"]``.
     ``norm`` and ``eps`` declare the threat model the poisons were made under (default
     L∞ 8/255); the budget guard checks it against the clean images, so a poison set
     made from a differently decoded copy of the data fails loudly instead of silently.
@@ -56,7 +57,7 @@ class External(Attack):
         indices = torch.as_tensor(indices, dtype=torch.long).cpu()
         if indices.shape != (len(x),):
             raise UserError(f"external: {len(indices)} training indices for {len(x)} images")
-        path = Path(self.path)
+        path = Path(self.path).expanduser()
         if not path.exists():
             raise UserError(f"external: poison file {path} does not exist")
         images = _read_folder(path, indices) if path.is_dir() else _read_npz(path, indices, y)

@@ -5,7 +5,7 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
+
 from uebench.api import Attack, ThreatModel
 
 
@@ -21,7 +21,8 @@ class LSP(Attack):
     ε = 6/255): a linearly separable pattern the network learns instead of the images.
 
     Defaults (paper and official code): ``patch_size`` 8 (4×4 grid on CIFAR), ``eps``
-    6/255 (per-pixel RMS scale), ``class_sep`` 10, one fresh point per image.
+    6/255 (per-pixel RMS scale), ``class_sep`` 10, one fresh point per image. The L2
+    budget depends on the image size, so ``threat_model`` takes ``image_shape``.
 
     Deviations:
       - ``classwise=True`` (not in the paper) gives every image of a class the same
@@ -32,7 +33,6 @@ class LSP(Attack):
         vertices (``make_classification`` needs 2^features ≥ classes, e.g. 3 classes
         on 8×8 grey images), the patch is halved until it has; ``ctx.notes`` records the
         patch size used.
-      - The threat model's L2 budget depends on the image size; pass ``image_shape``.
     """
 
     name = "lsp"

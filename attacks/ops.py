@@ -19,13 +19,13 @@ class OPS(Attack):
     with d_i = mean over channels of |v − x_i[:, p]|, maximise mean_i(d_i) / std_i(d_i)
     over the class's images i. Then set pixel p of every image of class k to v. Only one
     pixel position per image changes (L0 = 1), yet a network learns the pixel, not the
-    image. No model is involved.
+    image. No model is involved. Classes are searched in order, and a (position,
+    colour) pair taken by an earlier class is excluded (as in the official code), so two
+    classes never share a shortcut.
 
     Defaults (paper): one pixel (L0 = 1), binary colours.
 
     Deviations:
-      - A (position, colour) pair already taken by an earlier class is excluded, as in
-        the official code, so two classes never share a shortcut.
       - The statistic is computed per image as the mean over channels, then mean and
         (population) std over the class's images; the official code takes mean and std
         over images and channels together.
@@ -47,7 +47,7 @@ class OPS(Attack):
         out = x.clone()
         idx = torch.arange(len(x), device=x.device)
         y = y.to(x.device)
-        # advanced indexing on dims 0, 2, 3 moves the channel dim last: (N, C) <- (N, C)
+        # indexing image, row and column with tensors selects one (N, C) pixel per image
         out[idx, :, rows.to(x.device)[y], cols.to(x.device)[y]] = colours.to(x)[y]
         ctx.notes["ops_pixels"] = [[int(r), int(c), colours[k].int().tolist()]
                                    for k, (r, c) in enumerate(zip(rows, cols))]

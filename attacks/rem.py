@@ -49,8 +49,8 @@ class REM(Attack):
     presets = {
         "smoke": {"train_steps": 2, "batch_size": 32, "steps": 2, "step_size": 4 / 255,
                   "adv_steps": 1, "adv_step_size": 4 / 255, "eot_samples": 1},
-        "demo": {"train_steps": 60, "lr_decay_every": 40, "steps": 5, "step_size": 3.2 / 255,
-                 "adv_steps": 2, "adv_step_size": 2 / 255, "eot_samples": 2},
+        "demo": {"train_steps": 30, "lr_decay_every": 20, "steps": 4, "step_size": 3.2 / 255,
+                 "adv_steps": 2, "adv_step_size": 2 / 255, "eot_samples": 1},
         # 8,000 CIFAR images, small CNN: about 8 min on 2 free cores.
         "cpu": {"train_steps": 100, "lr_decay_every": 70, "steps": 5, "step_size": 3.2 / 255,
                 "adv_steps": 2, "adv_step_size": 2 / 255, "eot_samples": 2},
@@ -110,7 +110,8 @@ class REM(Attack):
         x, y = x.to(device), y.to(device)
         pad = crop_pad_for(TrainConfig(crop_pad=self.crop_pad), x.shape[-1])
         generator = ctx.generator(1)
-        model = ctx.make_model(self.surrogate).to(device)
+        # channels-last: about 1.5x faster convolutions on CPU (and the layout GPUs prefer)
+        model = ctx.make_model(self.surrogate).to(device, memory_format=torch.channels_last)
         opt = torch.optim.SGD(model.parameters(), lr=self.lr, momentum=self.momentum,
                               weight_decay=self.weight_decay)
         sched = torch.optim.lr_scheduler.StepLR(opt, self.lr_decay_every, self.lr_decay)

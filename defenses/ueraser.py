@@ -14,6 +14,21 @@ from uebench.api import Defense
 from uebench.defenses.iss import jpeg, to_uint8
 
 
+class ScaledTrivialAugmentWide(v2.TrivialAugmentWide):
+    """TrivialAugment Wide with its translation range scaled to the image.
+
+    The wide space translates by up to 32 px, a range made for 32-px CIFAR images; here
+    it is up to the image's own width and height, identical on 32 px and proportionate on
+    8- or 16-px images (where 32 px would move every image out of the frame).
+    """
+
+    _AUGMENTATION_SPACE = {
+        **v2.TrivialAugmentWide._AUGMENTATION_SPACE,
+        "TranslateX": (lambda num_bins, height, width: torch.linspace(0.0, float(width), num_bins), True),
+        "TranslateY": (lambda num_bins, height, width: torch.linspace(0.0, float(height), num_bins), True),
+    }
+
+
 @dataclass
 class UEraser(Defense):
     """UEraser (Qin et al., 2023, "Learning the Unlearnable: Adversarial Augmentations
@@ -36,6 +51,7 @@ class UEraser(Defense):
       per call; it is called on groups of ``trivial_group`` images, so different images
       and copies get different operations (the official kornia TrivialAugment draws one
       operation for the whole K·N batch, so all K copies of a batch share it).
+    - TrivialAugment Wide's translation range (up to 32 px) is scaled to the image size.
     - The repeat epochs are a fraction of the training budget instead of a count.
     """
 
@@ -43,6 +59,7 @@ class UEraser(Defense):
     paper = "Qin et al., Learning the Unlearnable: Adversarial Augmentations Suppress Unlearnable Example Attacks"
     year = 2023
     protocols: ClassVar[tuple[str, ...]] = ("supervised",)
+    presets: ClassVar[dict] = {"smoke": {"copies": 2}}
     copies: int = 5
     repeat_fraction: float = 50 / 300
     plasma_roughness: tuple[float, float] = (0.3, 0.7)
@@ -66,7 +83,7 @@ class UEraser(Defense):
             K.RandomPlasmaContrast(roughness=self.plasma_roughness, p=self.plasma_contrast_p, keepdim=True),
             K.RandomChannelShuffle(p=self.channel_shuffle_p, keepdim=True),
         )
-        self._trivial = v2.TrivialAugmentWide()
+        self._trivial = ScaledTrivialAugmentWide()
         # Until fit() knows the epoch budget, every epoch with a non-zero fraction repeats.
         self.repeat_epochs: float = math.inf if self.repeat_fraction > 0 else 0
 

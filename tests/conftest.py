@@ -43,3 +43,39 @@ def cifar_subset():
     if not SHARED_CIFAR.exists():
         pytest.skip(f"needs the shared CIFAR-10 subset at {SHARED_CIFAR} (present on the project's machines)")
     return SHARED_CIFAR
+
+
+# Every slow evidence test runs on the same scaled-down `cpu` table (4,000 protected images,
+# 10 epochs) in one results directory, so the clean row and each poison set are computed once
+# for the whole session and reused by every test that needs them (the runner resumes).
+EVIDENCE_OVERRIDES = {"epochs": 10, "n_protected": 4000}
+
+
+@pytest.fixture(scope="session")
+def evidence(tmp_path_factory):
+    """``evidence(attacks, defenses) -> {(attack, defense): clean test accuracy}`` on the CIFAR-10 subset."""
+    if not SHARED_CIFAR.exists():
+        pytest.skip(f"needs the shared CIFAR-10 subset at {SHARED_CIFAR} (present on the project's machines)")
+    from uebench.records import read_record
+    from uebench.runner import RunSpec, make_plan, run
+
+    results = tmp_path_factory.mktemp("evidence")
+
+    def run_cells(attacks: list[str], defenses: list[str], **spec_fields) -> dict[tuple[str, str], float]:
+        spec = RunSpec(attacks=attacks, defenses=defenses, dataset=f"npz:{SHARED_CIFAR}", preset="cpu",
+                       seeds=[0], results_dir=results, overrides=dict(EVIDENCE_OVERRIDES), progress=False,
+                       **spec_fields)
+        plan = make_plan(spec)
+        run(spec, plan)
+        accuracy, failed = {}, {}
+        for cell in plan.cells:
+            record = read_record(cell.path(plan.table_dir))
+            key = (cell.attack.folder, cell.defense.folder)
+            if record is None or record["status"] != "ok":
+                failed[key] = record and record.get("error")
+            else:
+                accuracy[key] = record["metrics"]["test_acc"]
+        assert not failed, f"cells failed: {failed}"
+        return accuracy
+
+    return run_cells

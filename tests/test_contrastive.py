@@ -101,12 +101,15 @@ class FixedFeatures(nn.Module):
         return self.fc(self.features(x))
 
 
-def test_linear_probe_separates_linearly_separable_features(ctx):
+@pytest.mark.parametrize("scale", [1.0, 1e-3])
+def test_linear_probe_separates_linearly_separable_features(ctx, scale):
+    """High accuracy whatever the features' scale (the probe standardises them, then folds
+    the standardisation into ``fc``, which is what this classifier's output uses)."""
     g = torch.Generator().manual_seed(0)
     classes, n, dim = 4, 400, 2 * 4 * 4
     y = torch.arange(n) % classes
     directions = torch.randn(classes, dim, generator=g)
-    x = (3 * directions[y] + torch.randn(n, dim, generator=g)).reshape(n, 2, 4, 4)
+    x = scale * (3 * directions[y] + torch.randn(n, dim, generator=g)).reshape(n, 2, 4, 4)
     cfg = ContrastiveConfig(probe_epochs=20, probe_batch_size=64, probe_lr=0.1, probe_augment=False)
     model = fit_linear_probe(FixedFeatures(dim, classes), x, y, cfg, ctx)
     accuracy = (model(x).argmax(1) == y).float().mean().item()

@@ -2,8 +2,13 @@
 
 One grid through the runner (clean row + the three attacks, no defense), shared by the
 assertions: each attack must take at least 10 points of clean test accuracy off the
-clean row. Scaled to fit the CI budget: 4,000 protected images, 10 victim epochs and
-crafting budgets below the ``cpu`` preset (see the numbers in the attack params).
+clean row. Scaled to fit the CI budget: 4,000 protected images and 10 victim epochs;
+EM and class-wise EM run their ``cpu`` preset with fewer rounds, REM its ``cpu`` preset
+with 50 steps, 4 noise steps and one crop/flip draw per step.
+
+Calibrated on 4,000 other images of the subset (same sizes, 1 thread): clean 63.3 %;
+EM 25.0 % (3 rounds, surrogate at 97.7 %); class-wise EM 43.1 % (7 rounds to 100 %);
+REM 43.8 % (50 steps).
 """
 from __future__ import annotations
 
@@ -15,8 +20,8 @@ ATTACKS = ["em", "em-classwise", "rem"]
 OVERRIDES = {"n_protected": 4000, "epochs": 10}
 ATTACK_PARAMS = {
     "em": {"max_rounds": 3},
-    "em-classwise": {"max_rounds": 5},
-    "rem": {"train_steps": 50},
+    "em-classwise": {"max_rounds": 10},
+    "rem": {"train_steps": 50, "steps": 4, "eot_samples": 1},
 }
 MIN_DROP = 0.10
 

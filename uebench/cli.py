@@ -128,7 +128,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                    seeds=parse_seeds(args.seeds) if args.seeds else None, overrides=overrides,
                    attack_params=parse_params(args.attack_param, "-A"),
                    defense_params=parse_params(args.defense_param, "-D"),
-                   results_dir=args.results_dir, cache_dir=args.cache_dir, data_root=args.data_root,
+                   results_dir=args.results_dir, cache_dir=args.cache_dir,
+                   data_root=str(Path(args.data_root).expanduser().resolve()) if args.data_root else None,
                    download=args.download, device=args.device, jobs=args.jobs, backend=args.backend,
                    retries=args.retries, ray_address=args.ray_address, force=args.force,
                    progress=not args.quiet, plugins=args.plugin)
@@ -143,8 +144,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.no_leaderboard:
         from uebench.runner import check_writable
         check_writable(Path(args.leaderboard).parent)
-    workers = plan_workers(spec)
-    print(f"uebench: {workers.describe()}", file=sys.stderr)
+    workers = plan_workers(spec) if plan.pending else None
+    if workers:
+        print(f"uebench: {workers.describe()}", file=sys.stderr)
     records = run(spec, plan, workers)
     failed = [r for r in records if r["status"] == "failed"]
     for r in failed:

@@ -12,7 +12,7 @@ Unsupervised Contrastive Learning"), whose released code evaluates every poison 
 way: SimCLR with temperature 0.5, batch 512, SGD lr 0.5 (momentum 0.9, wd 1e-4) with a
 10-epoch linear warm-up and cosine decay to lr/1000, random resized crop 0.2–1, flip,
 colour jitter 0.4/0.4/0.4/0.1 (p 0.8) and grayscale (p 0.2); then a linear probe for
-100 epochs, SGD lr 1 decayed ×0.2 at 60, 75 and 90 % of training, on crop+flip views.
+100 epochs, SGD decayed ×0.2 at 60, 75 and 90 % of training, on crop+flip views.
 The augmentations are kornia's, so they are differentiable: the contrastive attacks
 (``ucl``, ``tue``) reuse :func:`contrastive_loss` to optimise noise through them.
 
@@ -26,6 +26,12 @@ Deviations from the released code:
   defended images, the only labelled data in the benchmark's threat model), not on the
   clean CIFAR training set, and the last epoch's probe is returned rather than the
   epoch with the best *test* accuracy (which selected on the test set).
+- The probe sees standardised features (the training features' mean and std, folded
+  into the returned linear layer; like the affine-free BatchNorm before MAE's linear
+  probe) with lr 0.1; the official probe uses raw features and lr 1, which needs its
+  ~10,000 steps to converge: measured on 2,000 CIFAR-10 images with 30 epochs, raw
+  features + lr 1 gave 25.5 % test accuracy where standardised + lr 0.1 gave 34.7 %
+  (the same frozen, untrained small CNN).
 - The SimCLR loss is averaged over the 2N anchors of one batch on one device (the
   official code gathers across GPUs, which is the same loss for the same global batch).
 - The loss keeps the official scale factor temperature / 0.07 (inherited from the
@@ -80,12 +86,13 @@ class ContrastiveConfig:
     grayscale_p: float = 0.2
     probe_epochs: int = 100
     probe_batch_size: int = 512
-    probe_lr: float = 1.0
+    probe_lr: float = 0.1               # on standardised features (official: 1.0 on raw features)
     probe_momentum: float = 0.9
     probe_weight_decay: float = 0.0
     probe_milestones: tuple[float, ...] = (0.6, 0.75, 0.9)  # fractions of probe_epochs (official: 60, 75, 90 of 100)
     probe_decay: float = 0.2
     probe_augment: bool = True         # crop+flip views every probe epoch; False: features of the images, once
+    probe_standardize: bool = True     # standardise features with the training set's mean and std
     amp: bool = True                   # bf16 autocast on CUDA
 
     def __post_init__(self):
@@ -264,7 +271,10 @@ def fit_linear_probe(classifier: nn.Module, x: torch.Tensor, y: torch.Tensor,
     """Fit ``classifier.fc`` on the frozen ``classifier.features`` of ``x``; returns the classifier in eval mode.
 
     With ``cfg.probe_augment`` every epoch sees fresh crop+flip views (features are
-    recomputed); otherwise the features of the images are computed once.
+    recomputed); otherwise the features of the images are computed once. With
+    ``cfg.probe_standardize`` the probe sees features standardised by the mean and std
+    of the training images' features, and the standardisation is folded into ``fc``
+    afterwards, so the returned classifier is still ``fc(features(x))``.
     """
     device = ctx.device
     x, y = x.to(device), y.to(device)
@@ -276,17 +286,23 @@ def fit_linear_probe(classifier: nn.Module, x: torch.Tensor, y: torch.Tensor,
                           K.RandomHorizontalFlip())
     milestones = [round(f * cfg.probe_epochs) for f in cfg.probe_milestones]
     gen = ctx.generator(7002)
-    features = None if cfg.probe_augment else extract_features(backbone, x, device, amp=cfg.amp)
+    features = extract_features(backbone, x, device, amp=cfg.amp)
+    mean, std = features.mean(0), features.std(0).clamp_min(1e-6)
+    if not cfg.probe_standardize:
+        mean, std = torch.zeros_like(mean), torch.ones_like(std)
     for epoch in ctx.pbar(range(cfg.probe_epochs), desc="linear probe"):
         set_lr(opt, cfg.probe_lr * cfg.probe_decay ** sum(epoch >= m for m in milestones))
         if cfg.probe_augment:
             features = extract_features(backbone, x, device, amp=cfg.amp, transform=views)
         for idx in batches(len(x), cfg.probe_batch_size, gen):
             idx = idx.to(device)
-            loss = F.cross_entropy(probe(features[idx]), y[idx])
+            loss = F.cross_entropy(probe((features[idx] - mean) / std), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+    with torch.no_grad():   # fc((f − μ)/σ) = (W/σ) f + (b − W μ/σ)
+        probe.bias.sub_(probe.weight @ (mean / std))
+        probe.weight.div_(std)
     return classifier.eval()
 
 

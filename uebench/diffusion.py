@@ -189,8 +189,8 @@ def train_diffusion(images: torch.Tensor, config: DiffusionConfig, device: torch
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
-        gen.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
+        gen.set_state(state["generator"].cpu())
+        torch.set_rng_state(state["torch_rng"].cpu())
         step = state["step"]
 
     def save_checkpoint() -> None:
@@ -382,6 +382,12 @@ def diffusion_model(reference: tuple[torch.Tensor, torch.Tensor], config_name: s
 
 # -- the defenses' shared part --------------------------------------------------------------
 
+def preserved_rng(device: torch.device):
+    """Restore the global CPU (and this CUDA device's) RNG state on exit."""
+    cuda = [device.index or 0] if device.type == "cuda" else []
+    return torch.random.fork_rng(devices=cuda)
+
+
 # Diffusion settings per preset, shared by LE and AVATAR so that both use one cached model.
 DIFFUSION_PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {"diffusion": "tiny", "diffusion_steps": 20, "batch_size": 128},
@@ -414,16 +420,20 @@ class DiffusionPurification(Defense):
                                max_timestep=self.diffusion_max_timestep, ema_decay=self.diffusion_ema)
 
     def prepare(self, reference, ctx):
-        self.diffusion_model(reference, ctx)
+        with preserved_rng(ctx.device):
+            self.diffusion_model(reference, ctx)
 
     def purify(self, x, y, reference, ctx):
-        model = self.diffusion_model(reference, ctx)
-        self.setup(model, reference, ctx)
-        gen = ctx.generator(7919)
-        out = []
-        for i in ctx.pbar(range(0, len(x), self.batch_size), desc=self.name):
-            xb = model.encode(x[i:i + self.batch_size])
-            out.append(model.decode(self.purify_batch(model, xb, gen, ctx)).cpu())
+        # The global RNG is left as it was: whether the models came from the cache or were
+        # trained just now must not change the victim's initialisation that follows.
+        with preserved_rng(ctx.device):
+            model = self.diffusion_model(reference, ctx)
+            self.setup(model, reference, ctx)
+            gen = ctx.generator(7919)
+            out = []
+            for i in ctx.pbar(range(0, len(x), self.batch_size), desc=self.name):
+                xb = model.encode(x[i:i + self.batch_size])
+                out.append(model.decode(self.purify_batch(model, xb, gen, ctx)).cpu())
         purified = torch.cat(out) if out else x.clone()
         self.save_figure(x, purified, ctx)
         return purified

@@ -30,8 +30,10 @@ if TYPE_CHECKING:
 KINDS = ("auto", "lpips", "reference")
 
 
-def lpips_unavailable() -> str | None:
-    """Why LPIPS-AlexNet cannot be loaded offline, or None if it can."""
+def lpips_unavailable(image_size: int = 32) -> str | None:
+    """Why LPIPS-AlexNet cannot be used here (offline, on images of ``image_size`` px), or None."""
+    if image_size < 32:   # AlexNet's stride-4 stem and pools leave nothing of smaller images
+        return f"{image_size}-px images are too small for AlexNet (32 px at least)"
     try:
         import lpips  # noqa: F401
     except ImportError:
@@ -52,6 +54,8 @@ class LPIPSDistance(nn.Module):
         self.net = lpips.LPIPS(net="alex", verbose=False).eval().requires_grad_(False)
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if a.shape[1] == 1:   # grey images: AlexNet takes RGB
+            a, b = a.expand(-1, 3, -1, -1), b.expand(-1, 3, -1, -1)
         return self.net(a, b).flatten()
 
 
@@ -109,7 +113,7 @@ def perceptual_distance(kind: str, reference: tuple[torch.Tensor, torch.Tensor],
     writes which one is used, and why, to ``ctx.notes["perceptual"]``."""
     if kind not in KINDS:
         raise ValueError(f"perceptual must be one of {KINDS}, got {kind!r}")
-    reason = lpips_unavailable() if kind in ("auto", "lpips") else None
+    reason = lpips_unavailable(min(reference[0].shape[-2:])) if kind in ("auto", "lpips") else None
     if kind == "lpips" and reason:
         raise RuntimeError(f"perceptual='lpips' asked for, but {reason}; use perceptual='auto' or 'reference'")
     if kind != "reference" and reason is None:

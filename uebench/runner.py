@@ -9,10 +9,12 @@ and the others go on.
 """
 from __future__ import annotations
 
+import json
 import os
+import tempfile
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
@@ -29,8 +31,8 @@ from uebench.presets import TableConfig, table_config
 from uebench.records import FINISHED, provenance, read_record, write_record
 from uebench.registry import ATTACKS, DEFENSES, UserError, load_plugin
 from uebench.train import accuracy
-from uebench.workers import (BACKENDS, Task, Workers, local_workers, ray_workers, remove_stale_temp_files,
-                             run_tasks, stop)
+from uebench.workers import (BACKENDS, Task, Workers, import_ray, local_workers, ray_workers,
+                             remove_stale_temp_files, run_tasks, stop)
 
 CLEAN = "clean"   # the row without an attack
 NONE = "none"     # the column without a defense
@@ -93,7 +95,11 @@ class Cell:
     seed: int
 
     def path(self, table_dir: Path) -> Path:
-        return table_dir / self.attack.folder / self.defense.folder / f"seed{self.seed}.json"
+        return table_dir / self.relpath
+
+    @property
+    def relpath(self) -> str:
+        return f"{self.attack.folder}/{self.defense.folder}/seed{self.seed}.json"
 
 
 @dataclass
@@ -106,6 +112,8 @@ class Plan:
     table_dir: Path
     cells: list[Cell]
     pending: list[Cell]
+    verified: dict[str, list[int]] = field(default_factory=dict)   # the finished records, by time and size
+    index: Path | None = None                                      # where they are remembered
 
 
 # -- planning --------------------------------------------------------------------------
@@ -172,13 +180,74 @@ def make_plan(spec: RunSpec) -> Plan:
     table_id, _ = table_identity(cfg, dataset)
     table_dir = results_dir / dataset.name / table_id
     cells = [Cell(a, d, s) for a in attacks for d in defenses for s in cfg.seeds]
-    pending = cells if spec.force else pending_cells(cells, table_dir)
-    return Plan(spec, cfg, dataset, splits, table_id, table_dir, cells, pending)
+    index = finished_index_path(cache_dir_of(spec), table_dir)
+    pending, verified = (cells, {}) if spec.force else scan_records(cells, table_dir, index)
+    return Plan(spec, cfg, dataset, splits, table_id, table_dir, cells, pending, verified, index)
 
 
-def pending_cells(cells: list[Cell], table_dir: Path) -> list[Cell]:
+def cache_dir_of(spec: RunSpec) -> Path:
+    return Path(spec.cache_dir or Path(spec.results_dir) / ".cache")
+
+
+def finished_index_path(cache_dir: Path, table_dir: Path) -> Path:
+    """The table's index of verified records: in the cache, since it is rebuilt on demand."""
+    return cache_dir / "finished" / f"{table_dir.parent.name}--{table_dir.name}.json"
+
+
+def pending_cells(cells: list[Cell], table_dir: Path, index: Path | None = None) -> list[Cell]:
     """The cells without a finished record (missing, failed, truncated or corrupt: redone)."""
-    return [c for c in cells if not is_finished(c.path(table_dir))]
+    return scan_records(cells, table_dir, index)[0]
+
+
+def scan_records(cells: list[Cell], table_dir: Path, index: Path | None = None
+                 ) -> tuple[list[Cell], dict[str, list[int]]]:
+    """Pending cells, and ``{relative path: [mtime_ns, size]}`` of the finished records.
+
+    A record whose time and size match the ``index`` was read and verified by an earlier run,
+    so resuming a large grid reads no record twice; a rewrite or truncation changes them.
+    """
+    known = read_finished_index(index)
+    root = str(table_dir)
+    pending, verified = [], {}
+    for cell in cells:
+        rel = cell.relpath
+        path = os.path.join(root, rel)
+        try:
+            stat = os.stat(path)     # before reading: a later rewrite never matches this entry
+        except OSError:
+            pending.append(cell)
+            continue
+        seen = [stat.st_mtime_ns, stat.st_size]
+        if known.get(rel) == seen or is_finished(Path(path)):
+            verified[rel] = seen
+        else:
+            pending.append(cell)
+    return pending, verified
+
+
+def read_finished_index(index: Path | None) -> dict[str, list[int]]:
+    try:
+        known = json.loads(index.read_text()) if index else {}
+    except (OSError, ValueError):
+        return {}
+    return known if isinstance(known, dict) else {}
+
+
+def update_finished_index(plan: Plan, records: list[dict]) -> None:
+    """Add the cells this run finished to the index the plan verified (only a change is written;
+    a concurrent run's index is as good: the last one wins)."""
+    index = dict(plan.verified)
+    done = {(r.get("attack", {}).get("folder"), r.get("defense", {}).get("folder"), r.get("seed"))
+            for r in records if r.get("status") in FINISHED}
+    finished_now = [c for c in plan.pending if (c.attack.folder, c.defense.folder, c.seed) in done]
+    index.update(scan_records(finished_now, plan.table_dir)[1])
+    if plan.index is None or index == read_finished_index(plan.index):
+        return
+    plan.index.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=plan.index.parent, prefix=".tmp-index-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(index, f, sort_keys=True)
+    os.replace(tmp, plan.index)
 
 
 def is_finished(path: Path) -> bool:
@@ -385,6 +454,7 @@ def describe_cell(job: Job, cell: Cell, dataset: Dataset, splits: Splits) -> dic
 # -- orchestration ---------------------------------------------------------------------
 
 def check_worker_flags(spec: RunSpec) -> None:
+    """Fail early, before planning, on bad --jobs, --retries, --backend or --device."""
     if spec.jobs is not None and spec.jobs < 1:
         raise UserError(f"--jobs must be >= 1, got {spec.jobs}")
     if spec.retries < 0:
@@ -393,6 +463,10 @@ def check_worker_flags(spec: RunSpec) -> None:
         raise UserError(f"unknown --backend {spec.backend!r}: use {', '.join(BACKENDS)}")
     if spec.ray_address and spec.backend != "ray":
         raise UserError("--ray-address needs --backend ray")
+    if spec.backend == "ray":
+        import_ray()
+    else:                        # a Ray cluster's devices are checked once connected
+        resolve_device(spec.device)
 
 
 def plan_workers(spec: RunSpec) -> Workers:
@@ -422,6 +496,9 @@ def _stage1_error(method: Method, reason: str) -> str:
 def run(spec: RunSpec, plan: Plan | None = None, workers: Workers | None = None) -> list[dict]:
     """Run the grid ``spec`` describes; returns the records of the cells run now."""
     plan = plan or make_plan(spec)
+    if not plan.pending:           # resuming a finished grid: no workers to start
+        update_finished_index(plan, [])
+        return []
     workers = workers or plan_workers(spec)
     try:
         return _run(spec, plan, workers)
@@ -429,12 +506,30 @@ def run(spec: RunSpec, plan: Plan | None = None, workers: Workers | None = None)
         stop(workers)
 
 
+def _absolute_paths(spec: RunSpec, config: TableConfig) -> tuple[RunSpec, TableConfig]:
+    """The spec and table with absolute paths: a Ray worker runs in a folder of its own (and on
+    a cluster every node must see the same paths: a shared file system)."""
+    def absolute(path: str | Path) -> Path:
+        return Path(path).expanduser().resolve()
+
+    kind, colon, where = config.dataset.partition(":")
+    dataset = f"{kind}:{absolute(where)}" if colon and kind in ("npz", "imagefolder") else config.dataset
+    spec = replace(spec, results_dir=absolute(spec.results_dir), cache_dir=absolute(cache_dir_of(spec)),
+                   data_root=str(absolute(spec.data_root)) if spec.data_root else None,
+                   plugins=[str(absolute(p)) if Path(p).is_file() else p for p in spec.plugins])
+    return spec, replace(config, dataset=dataset)
+
+
 def _run(spec: RunSpec, plan: Plan, workers: Workers) -> list[dict]:
-    job = Job(spec, plan.config, plan.table_dir, Path(spec.cache_dir or Path(spec.results_dir) / ".cache"),
+    spec, config = _absolute_paths(spec, plan.config)
+    job = Job(spec, config, plan.table_dir.resolve(), spec.cache_dir,
               workers.device, workers.threads, spec.progress and workers.backend == "inline")
-    _DATA[(plan.config.dataset, spec.data_root, plan.config.train_subset, plan.config.test_subset,
-           plan.config.n_reference, plan.config.n_protected, plan.config.split_seed)] = (plan.dataset, plan.splits)
-    remove_stale_temp_files([plan.table_dir, job.cache_dir])   # left by writers killed mid-write
+    _DATA[(config.dataset, spec.data_root, config.train_subset, config.test_subset,
+           config.n_reference, config.n_protected, config.split_seed)] = (plan.dataset, plan.splits)
+    # temp files of writers killed mid-write: in the folders of cells to run, and in the cache
+    cache_folders = [job.cache_dir, *(p for p in job.cache_dir.glob("*") if p.is_dir())]
+    remove_stale_temp_files([plan.table_dir, *{c.path(plan.table_dir).parent for c in plan.pending},
+                             *cache_folders])
 
     # Stage 1: every poison set and every defense's shared state, each exactly once.
     poisons = sorted({(c.attack, c.seed) for c in plan.pending if c.attack.name != CLEAN},
@@ -463,4 +558,5 @@ def _run(spec: RunSpec, plan: Plan, workers: Workers) -> list[dict]:
                     or errors.get(("prepare_defense", c.defense.folder, c.seed)))
         tasks.append(Task(run_cell, job, (c, upstream), partial(run_cell, job, c), c.path(plan.table_dir)))
     run_tasks(tasks, workers, lambda index, record: records.append(record), "cells", spec.progress)
+    update_finished_index(plan, records)
     return records

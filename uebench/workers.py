@@ -77,12 +77,17 @@ def local_workers(device: str, jobs: int | None, backend: str, retries: int, gpu
     return Workers(backend, jobs, device, 1, slots=slots, retries=retries)
 
 
-def ray_workers(device: str, jobs: int | None, retries: int, address: str | None) -> Workers:
-    """Workers on a Ray cluster (started here when no address is given and RAY_ADDRESS is unset)."""
+def import_ray():
     try:
         import ray
     except ImportError:
         raise UserError("--backend ray needs Ray, which is not installed: pip install 'uebench[ray]'") from None
+    return ray
+
+
+def ray_workers(device: str, jobs: int | None, retries: int, address: str | None) -> Workers:
+    """Workers on a Ray cluster (started here when no address is given and RAY_ADDRESS is unset)."""
+    ray = import_ray()
     owns = not ray.is_initialized()
     if owns:
         address = address or os.environ.get("RAY_ADDRESS") or "local"
@@ -94,6 +99,15 @@ def ray_workers(device: str, jobs: int | None, retries: int, address: str | None
         except (ConnectionError, RuntimeError, ValueError) as err:
             raise UserError(f"cannot connect to the Ray cluster at {address} ({err}); start one with "
                             f"'ray start --head' or leave out --ray-address to start a local one") from err
+    try:
+        return _ray_workers(ray, device, jobs, retries, owns)
+    except UserError:
+        if owns:
+            ray.shutdown()
+        raise
+
+
+def _ray_workers(ray, device: str, jobs: int | None, retries: int, owns: bool) -> Workers:
     resources = ray.cluster_resources()
     gpus, cpus = int(resources.get("GPU", 0)), max(1, int(resources.get("CPU", 1)))
     if device == "auto":
@@ -129,13 +143,15 @@ def _run_task(index: int, fn: Callable, job: Any, args: tuple, slots: Any = None
     if slots is None:
         return index, fn(job, *args)
     slot = slots.get()
+    device = devices[slot]
     try:
-        device = devices[slot]
         if device.startswith("cuda"):
             import torch
-            torch.cuda.set_device(device)   # code that says "cuda" lands on this worker's GPU too
+            torch.cuda.set_device(device)   # code that says "cuda" lands on this task's GPU too
         return index, fn(replace(job, device=device, slot=slot), *args)
     finally:
+        if device.startswith("cuda"):       # the next task of this process may get another GPU:
+            torch.cuda.empty_cache()        # leave none of its memory reserved on this one
         slots.put(slot)
 
 
@@ -192,14 +208,13 @@ def _warn(error: BaseException, count: int) -> None:
 
 
 def _run_local(tasks: list[Task], workers: Workers, deliver: Callable[[int, Any], None]) -> None:
-    attempts = _Attempts(tasks, workers.retries, deliver)
     pending = set(range(len(tasks)))
 
     def settle(index: int, result: Any) -> None:
         pending.discard(index)
         deliver(index, result)
 
-    attempts.deliver = settle
+    attempts = _Attempts(tasks, workers.retries, settle)
     with tempfile.TemporaryDirectory(prefix="uebench-started-") as started_dir:
         while pending:
             fresh = [i for i in sorted(pending) if not attempts.deaths[i]]
@@ -283,18 +298,22 @@ def _run_on_ray(tasks: list[Task], workers: Workers, deliver: Callable[[int, Any
 
 
 def remove_stale_temp_files(folders: Iterable[Path], older_than_s: float = 300.0) -> int:
-    """Delete temporary files left by writers killed mid-write (records: ``.tmp-*``, cache
-    entries: ``.*.tmp``). Readers never look at them; only old ones go, since a live writer
-    on another worker may be about to rename its own."""
+    """Delete temporary files left in ``folders`` (not below) by writers killed mid-write
+    (records: ``.tmp-*``; cache entries: ``.*.tmp``). Readers never look at them; only old ones
+    go, since a live writer on another worker may be about to rename its own."""
     import time
     cutoff, removed = time.time() - older_than_s, 0
     for folder in folders:
-        if not Path(folder).is_dir():
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:        # not made yet
             continue
-        for path in [*Path(folder).rglob(".tmp-*"), *Path(folder).rglob(".*.tmp")]:
+        for entry in entries:
+            if not (entry.name.startswith(".tmp-") or (entry.name.startswith(".") and entry.name.endswith(".tmp"))):
+                continue
             try:
-                if path.is_file() and path.stat().st_mtime < cutoff:
-                    path.unlink()
+                if entry.is_file() and entry.stat().st_mtime < cutoff:
+                    os.unlink(entry.path)
                     removed += 1
             except OSError:        # another run removed it first
                 pass

@@ -1,0 +1,99 @@
+"""Slow evidence on the CIFAR-10 subset: the countermeasures win back what the attacks took.
+
+Published (ISS, Liu et al. 2023; APBench): grayscale undoes colour-based, low-frequency
+poisons (EM, class-wise noise) but not TAP; JPEG-10 undoes TAP; PGD adversarial training
+recovers much of the accuracy EM takes. Here, with the ``cpu`` preset scaled down (4,000
+protected images, 10 victim epochs, the small CNN), "wins back at least half" means
+acc(attack, defense) − acc(attack, none) ≥ ½ · (acc(clean, none) − acc(attack, none)).
+
+Only the cells the claims read are run, in three small grids that share one results
+folder (and so one poison cache and the clean row). Claims about an attack whose module
+is missing or broken are skipped with the reason.
+"""
+from __future__ import annotations
+
+import pytest
+
+from conftest import SHARED_CIFAR
+from uebench.registry import ATTACKS, PluginError
+
+pytestmark = pytest.mark.slow
+
+OVERRIDES = {"n_protected": 4000, "epochs": 10}
+ATTACK_PARAMS = {"em": {"max_rounds": 3}}
+DEFENSE_PARAMS = {"at": {"steps": 3}}
+GRIDS = [                       # (attacks, defenses); the runner adds the clean row and "none"
+    (["classwise-noise", "em", "tap"], ["iss-gray"]),
+    (["tap"], ["iss-jpeg"]),
+    (["em"], ["at"]),
+]
+
+
+def available(attack: str) -> str | None:
+    """None when the attack loads, else why not."""
+    try:
+        ATTACKS.get(attack)
+    except PluginError as err:
+        return str(err)
+    return None
+
+
+@pytest.fixture(scope="module")
+def acc(tmp_path_factory):
+    """Clean test accuracy by (attack, defense), from the grids of the available attacks."""
+    if not SHARED_CIFAR.exists():
+        pytest.skip(f"needs the shared CIFAR-10 subset at {SHARED_CIFAR} (present on the project's machines)")
+    from uebench.runner import RunSpec, run
+    results_dir = tmp_path_factory.mktemp("defenses_evidence")
+    table: dict[tuple[str, str], float] = {}
+    for attacks, defenses in GRIDS:
+        attacks = [a for a in attacks if available(a) is None]
+        if not attacks:
+            continue
+        records = run(RunSpec(
+            attacks=attacks, defenses=defenses, dataset=f"npz:{SHARED_CIFAR}", preset="cpu", seeds=[0],
+            results_dir=results_dir, overrides=dict(OVERRIDES),
+            attack_params={a: p for a, p in ATTACK_PARAMS.items() if a in attacks},
+            defense_params={d: p for d, p in DEFENSE_PARAMS.items() if d in defenses},
+            jobs=1, progress=False))
+        for r in records:
+            cell = (r["attack"]["name"], r["defense"]["name"])
+            assert r["status"] == "ok", f"{cell}: {r.get('error')}"
+            table[cell] = r["metrics"]["test_acc"]
+    return table
+
+
+def needs(*attacks: str) -> None:
+    for attack in attacks:
+        reason = available(attack)
+        if reason:
+            pytest.skip(reason)
+
+
+def won_back(acc, attack: str, defense: str) -> tuple[float, float]:
+    """(accuracy the attack took from the no-defense victim, accuracy the defense won back)."""
+    taken = acc["clean", "none"] - acc[attack, "none"]
+    return taken, acc[attack, defense] - acc[attack, "none"]
+
+
+@pytest.mark.parametrize("attack", ["classwise-noise", "em"])
+def test_grayscale_wins_back_half_of_colour_shortcuts(acc, attack):
+    needs(attack)
+    taken, back = won_back(acc, attack, "iss-gray")
+    assert taken >= 0.10, f"{attack} took only {taken:.3f}; the claim needs a working attack"
+    assert back >= taken / 2, f"iss-gray won back {back:.3f} of the {taken:.3f} that {attack} took"
+
+
+def test_jpeg_wins_back_half_of_tap_and_grayscale_does_not(acc):
+    needs("tap")
+    taken, jpeg_back = won_back(acc, "tap", "iss-jpeg")
+    _, gray_back = won_back(acc, "tap", "iss-gray")
+    assert taken >= 0.10, f"tap took only {taken:.3f}; the claim needs a working attack"
+    assert jpeg_back >= taken / 2, f"iss-jpeg won back {jpeg_back:.3f} of the {taken:.3f} that tap took"
+    assert gray_back < taken / 2, f"iss-gray won back {gray_back:.3f} of the {taken:.3f} that tap took"
+
+
+def test_adversarial_training_beats_no_defense_against_em(acc):
+    needs("em")
+    assert acc["em", "at"] > acc["em", "none"] + 0.05, (
+        f"AT {acc['em', 'at']:.3f} vs no defense {acc['em', 'none']:.3f} on EM")
