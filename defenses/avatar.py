@@ -47,7 +47,7 @@ class AVATAR(DiffusionPurification):
         ctx.notes["schedule"] = {"t_star": self.t_star, "stride": self.stride, "passes": self.passes,
                                  "timesteps": model.timesteps(self.t_star, self.stride)}
 
-    def purify_batch(self, model: DiffusionModel, x, generator, ctx):
+    def purify_batch(self, model: DiffusionModel, x, generator, state):
         timesteps = model.timesteps(self.t_star, self.stride)
         for _ in range(self.passes):
             noise = torch.randn(x.shape, generator=generator).to(x.device)

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
@@ -85,33 +86,35 @@ class LE(DiffusionPurification):
     def distance_kind(self, t: int) -> str:
         return "perceptual" if t <= self.switch_step else "mse"
 
-    def setup(self, model, reference, ctx):
+    def setup(self, model, reference, ctx) -> "Guidance":
         timesteps = model.timesteps(self.t_star, self.stride)
-        self._distance = None
+        distance = None
         if self.guidance_scale and any(self.distance_kind(t) == "perceptual" for t in timesteps):
             from uebench.perceptual import perceptual_distance
-            self._distance = perceptual_distance(self.perceptual, reference, ctx, self.perceptual_arch)
-        self._guide_generator = ctx.generator(104729)   # its own stream: guided and unguided runs share z
-        self._trace: list[list] = []
+            distance = perceptual_distance(self.perceptual, reference, ctx, self.perceptual_arch)
+        # x_ue,t draws from its own stream, so guided and unguided runs share the chain's noise
+        guidance = Guidance(distance, ctx.generator(104729))
         ctx.notes["schedule"] = {"t_star": self.t_star, "stride": self.stride, "passes": self.passes,
-                                 "timesteps": timesteps, "m": self.m, "guidance": self._trace}
+                                 "timesteps": timesteps, "m": self.m, "guidance": guidance.trace}
+        return guidance
 
-    def purify_batch(self, model: DiffusionModel, x, generator, ctx):
+    def purify_batch(self, model: DiffusionModel, x, generator, state: "Guidance"):
         timesteps = model.timesteps(self.t_star, self.stride)
         out = x
         for i in range(self.passes):
-            # the trace of distances used is kept for the first pass of the first batch
-            trace = self._trace if i == 0 and not self._trace else None
-            guide = self.guide_towards(model, x, trace) if self.guidance_scale else None
+            # the distances used are traced for the first pass of the first batch
+            trace = state.trace if i == 0 and not state.trace else None
+            guide = self.guide_towards(model, x, state, trace) if self.guidance_scale else None
             noise = torch.randn(x.shape, generator=generator).to(x.device)
             out = model.reverse(model.q_sample(out, timesteps[0], noise), timesteps, generator, guide)
         return out
 
-    def guide_towards(self, model: DiffusionModel, x_ue: torch.Tensor, trace: list | None = None):
+    def guide_towards(self, model: DiffusionModel, x_ue: torch.Tensor, state: "Guidance",
+                      trace: list | None = None):
         """s_t ∇_{x_t} G(x_t, x_ue,t) as a function of (x_t, t), for DiffusionModel.reverse."""
 
         def guide(x_t: torch.Tensor, t: int) -> torch.Tensor:
-            noise = torch.randn(x_ue.shape, generator=self._guide_generator).to(x_ue.device)
+            noise = torch.randn(x_ue.shape, generator=state.generator).to(x_ue.device)
             target = model.crop(model.q_sample(x_ue, t, noise))
             kind = self.distance_kind(t)
             if trace is not None:
@@ -122,9 +125,18 @@ class LE(DiffusionPurification):
                 if kind == "mse":
                     distance = (current - target).pow(2).flatten(1).mean(1)
                 else:
-                    distance = self._distance(current, target)
+                    distance = state.distance(current, target)
                 grad, = torch.autograd.grad(-distance.sum(), x_in)
             a = model.alphas_cumprod[t].item()
             return math.sqrt(1 - a) / (self.m * math.sqrt(a)) * grad
 
         return guide
+
+
+@dataclass
+class Guidance:
+    """What one LE purification shares across batches."""
+
+    distance: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None   # per-image perceptual distance
+    generator: torch.Generator                                              # noise of x_ue,t
+    trace: list = field(default_factory=list)                               # [t, distance] per step

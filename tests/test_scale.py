@@ -211,6 +211,7 @@ def test_finished_index_never_hides_a_changed_record(tmp_path):
 
 # -- a dead worker is retried, then recorded ---------------------------------------------
 
+@pytest.mark.slow   # minutes: real worker processes / a real Ray instance
 def test_worker_killed_by_a_plugin_is_retried_then_recorded_as_failed(tmp_path, plugin):
     path, log = plugin
     records = run(RunSpec(attacks="scale-shift", defenses="scale-fragile", preset="smoke",
@@ -243,6 +244,7 @@ def _finished(results: Path) -> set[str]:
             if r is not None and r["status"] == "ok"}
 
 
+@pytest.mark.slow   # minutes: real worker processes / a real Ray instance
 def test_driver_killed_mid_grid_resumes_to_the_same_table(tmp_path, plugin, monkeypatch):
     path, _ = plugin
     killed, calm = tmp_path / "killed", tmp_path / "calm"
@@ -286,6 +288,7 @@ def test_driver_killed_mid_grid_resumes_to_the_same_table(tmp_path, plugin, monk
 
 # -- Ray ---------------------------------------------------------------------------------
 
+@pytest.mark.slow   # minutes: real worker processes / a real Ray instance
 def test_ray_backend_gives_the_records_of_the_local_backend(tmp_path, monkeypatch):
     ray = pytest.importorskip("ray", reason="the Ray backend needs the optional extra: pip install -e '.[ray]'")
     spec = dict(attacks="random-noise,classwise-noise", defenses="none", preset="smoke", overrides=SMALL,

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +28,10 @@ def parse_value(text: str) -> Any:
             return convert(text)
         except ValueError:
             pass
-    if "/" in text:
+    if text.count("/") == 1:                        # 8/255, 0.8/255
+        top, bottom = text.split("/")
         try:
-            return float(Fraction(text))
+            return float(top) / float(bottom)
         except (ValueError, ZeroDivisionError):
             pass
     if "," in text:

@@ -76,6 +76,7 @@ class Context:
         if self.protocol == "contrastive":
             from uebench.contrastive import train_contrastive  # the contrastive protocol (SimCLR + probe)
             return train_contrastive(x, y, self, defense=defense, arch=arch)
+        torch.manual_seed(self.seed)       # the initial weights depend on the seed only
         model = self.make_model(arch)
         return train_supervised(model, x, y, cfg, self.device, self.seed, defense,
                                 progress=lambda **kw: self.pbar(**kw))

@@ -428,21 +428,24 @@ class DiffusionPurification(Defense):
         # trained just now must not change the victim's initialisation that follows.
         with preserved_rng(ctx.device):
             model = self.diffusion_model(reference, ctx)
-            self.setup(model, reference, ctx)
+            state = self.setup(model, reference, ctx)
             gen = ctx.generator(7919)
             out = []
             for i in ctx.pbar(range(0, len(x), self.batch_size), desc=self.name):
                 xb = model.encode(x[i:i + self.batch_size])
-                out.append(model.decode(self.purify_batch(model, xb, gen, ctx)).cpu())
+                out.append(model.decode(self.purify_batch(model, xb, gen, state)).cpu())
         purified = torch.cat(out) if out else x.clone()
         self.save_figure(x, purified, ctx)
         return purified
 
-    def setup(self, model: DiffusionModel, reference, ctx: "Context") -> None:
-        """Anything built once per purification (e.g. the perceptual distance)."""
+    def setup(self, model: DiffusionModel, reference, ctx: "Context") -> Any:
+        """What one purification builds once and hands to every batch (e.g. the perceptual
+        distance); kept off ``self`` so the configured instance stays plain data."""
+        return None
 
     def purify_batch(self, model: DiffusionModel, x: torch.Tensor, generator: torch.Generator,
-                     ctx: "Context") -> torch.Tensor:
+                     state: Any) -> torch.Tensor:
+        """Purify one batch in model space ([-1, 1], padded); ``state`` is what setup returned."""
         raise NotImplementedError
 
     def save_figure(self, x: torch.Tensor, purified: torch.Tensor, ctx: "Context", columns: int = 8) -> None:
