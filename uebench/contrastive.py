@@ -172,6 +172,7 @@ class SimCLR(nn.Module):
 
 def make_simclr(ctx: "Context", arch: str | None, cfg: ContrastiveConfig) -> tuple[nn.Module, SimCLR]:
     """A fresh classifier of ``arch`` and a SimCLR model sharing its ``features``."""
+    torch.manual_seed(ctx.seed)           # initial weights depend on the seed only, not on what ran before
     classifier = ctx.make_model(arch or cfg.arch)
     simclr = SimCLR(classifier.features, classifier.fc.in_features, cfg.proj_dim)
     return classifier.to(ctx.device), simclr.to(ctx.device)
