@@ -16,6 +16,10 @@ colour jitter 0.4/0.4/0.4/0.1 (p 0.8) and grayscale (p 0.2); then a linear probe
 The augmentations are kornia's, so they are differentiable: the contrastive attacks
 (``ucl``, ``tue``) reuse :func:`contrastive_loss` to optimise noise through them.
 
+As in the official code, the loss is multiplied by temperature / 0.07 (inherited from
+the SupContrast code; it multiplies the effective learning rate by about 7); set
+``base_temperature = temperature`` for the plain NT-Xent.
+
 Settings come from :class:`ContrastiveConfig`; a table overrides them through
 ``ctx.notes["contrastive"]`` (a dict of field values). The values used are written to
 ``ctx.notes["contrastive_protocol"]`` for the record.
@@ -34,9 +38,6 @@ Deviations from the released code:
   (the same frozen, untrained small CNN).
 - The SimCLR loss is averaged over the 2N anchors of one batch on one device (the
   official code gathers across GPUs, which is the same loss for the same global batch).
-- The loss keeps the official scale factor temperature / 0.07 (inherited from the
-  SupContrast code; it multiplies the effective learning rate by about 7); set
-  ``base_temperature = temperature`` for the plain NT-Xent.
 - The warm-up is capped at a tenth of the epochs, so short runs are not all warm-up;
   it applies at every batch size (the official code warms up only above batch 256).
 - Colour jitter and grayscale apply to 3-channel images only; 1-channel images get
