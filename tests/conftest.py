@@ -45,15 +45,13 @@ def cifar_subset():
     return SHARED_CIFAR
 
 
-# Every slow evidence test runs on the same `cpu` table (8,000 protected images, 15 epochs)
-# in one results directory, so the clean row and each poison set are computed once
-# for the whole session and reused by every test that needs them (the runner resumes).
-EVIDENCE_OVERRIDES: dict = {}  # the `cpu` preset as is: the evidence tests recompute cells of the committed table
-
-
+# Every slow evidence test recomputes cells of the committed `cpu` table (8,000 protected
+# images, 15 epochs of the small CNN, the methods' own `cpu` presets) in one results
+# directory, so the clean row and each poison set are computed once for the whole session
+# and reused by every test that needs them (the runner resumes).
 @pytest.fixture(scope="session")
-def evidence(tmp_path_factory):
-    """``evidence(attacks, defenses) -> {(attack, defense): clean test accuracy}`` on the CIFAR-10 subset."""
+def evidence_records(tmp_path_factory):
+    """``evidence_records(attacks, defenses) -> {(attack, defense): record}`` on the CIFAR-10 subset."""
     if not SHARED_CIFAR.exists():
         pytest.skip(f"needs the shared CIFAR-10 subset at {SHARED_CIFAR} (present on the project's machines)")
     from uebench.records import read_record
@@ -61,21 +59,25 @@ def evidence(tmp_path_factory):
 
     results = tmp_path_factory.mktemp("evidence")
 
-    def run_cells(attacks: list[str], defenses: list[str], **spec_fields) -> dict[tuple[str, str], float]:
+    def run_cells(attacks: list[str], defenses: list[str], **spec_fields) -> dict[tuple[str, str], dict]:
         spec = RunSpec(attacks=attacks, defenses=defenses, dataset=f"npz:{SHARED_CIFAR}", preset="cpu",
-                       seeds=[0], results_dir=results, overrides=dict(EVIDENCE_OVERRIDES), progress=False,
-                       **spec_fields)
+                       seeds=[0], results_dir=results, progress=False, **spec_fields)
         plan = make_plan(spec)
         run(spec, plan)
-        accuracy, failed = {}, {}
-        for cell in plan.cells:
-            record = read_record(cell.path(plan.table_dir))
-            key = (cell.attack.folder, cell.defense.folder)
-            if record is None or record["status"] != "ok":
-                failed[key] = record and record.get("error")
-            else:
-                accuracy[key] = record["metrics"]["test_acc"]
+        records = {(cell.attack.folder, cell.defense.folder): read_record(cell.path(plan.table_dir))
+                   for cell in plan.cells}
+        failed = {key: r and r.get("error") for key, r in records.items() if r is None or r["status"] != "ok"}
         assert not failed, f"cells failed: {failed}"
-        return accuracy
+        return records
 
     return run_cells
+
+
+@pytest.fixture(scope="session")
+def evidence(evidence_records):
+    """``evidence(attacks, defenses) -> {(attack, defense): clean test accuracy}`` on the CIFAR-10 subset."""
+    def accuracy(attacks: list[str], defenses: list[str], **spec_fields) -> dict[tuple[str, str], float]:
+        records = evidence_records(attacks, defenses, **spec_fields)
+        return {key: r["metrics"]["test_acc"] for key, r in records.items()}
+
+    return accuracy

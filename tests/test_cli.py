@@ -98,3 +98,17 @@ def test_run_then_leaderboard_check(capsys, tmp_path):
     assert _run(capsys, "leaderboard", "--results-dir", str(results), "--out", str(board), "--check")[0] == 1
     assert _run(capsys, "leaderboard", "--results-dir", str(results), "--out", str(board))[0] == 0
     assert board.read_text() == text
+
+
+def test_a_scratch_results_folder_keeps_its_own_leaderboard(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)                       # a project checkout with a committed leaderboard
+    committed = tmp_path / "leaderboard" / "LEADERBOARD.md"
+    committed.parent.mkdir()
+    committed.write_text("committed table\n")
+    scratch = tmp_path / "scratch"
+    code, _, err = _run(capsys, "run", "--preset", "smoke", "--epochs", "1", "--attacks", "random-noise",
+                        "--defenses", "none", "--results-dir", str(scratch), "--quiet")
+    assert code == 0, err
+    assert committed.read_text() == "committed table\n"
+    assert "| random-noise" in (scratch / "LEADERBOARD.md").read_text()
+    assert _run(capsys, "leaderboard", "--results-dir", str(scratch), "--check")[0] == 0

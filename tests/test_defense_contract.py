@@ -12,7 +12,7 @@ import torch
 from uebench.api import PROTOCOLS, Defense
 from uebench.registry import DEFENSES, PluginError
 
-N_IMAGES, N_CLASSES = 256, 4
+N_IMAGES, N_CLASSES = 512, 4
 
 
 def defense_class(name: str) -> type[Defense]:

@@ -2,26 +2,23 @@
 
 Published (ISS, Liu et al. 2023; APBench): grayscale undoes colour-based, low-frequency
 poisons (EM, class-wise noise) but not TAP; JPEG-10 undoes TAP; PGD adversarial training
-recovers much of the accuracy EM takes. Here, with the ``cpu`` preset scaled down (4,000
-protected images, 10 victim epochs, the small CNN), "wins back at least half" means
+recovers much of the accuracy EM takes. The cells are those of the committed `cpu` table
+(the ``evidence`` fixture: 8,000 protected images, 15 victim epochs of the small CNN, each
+method's own `cpu` preset), recomputed. "Wins back at least half" means
 acc(attack, defense) − acc(attack, none) ≥ ½ · (acc(clean, none) − acc(attack, none)).
 
-Only the cells the claims read are run, in three small grids that share one results
-folder (and so one poison cache and the clean row). Claims about an attack whose module
-is missing or broken are skipped with the reason.
+Only the cells the claims read are run, in three small grids that share the session's
+evidence folder (and so its poison cache and clean row). Claims about an attack whose
+module is missing or broken are skipped with the reason.
 """
 from __future__ import annotations
 
 import pytest
 
-from conftest import SHARED_CIFAR
 from uebench.registry import ATTACKS, PluginError
 
 pytestmark = pytest.mark.slow
 
-OVERRIDES = {"n_protected": 4000, "epochs": 10}
-ATTACK_PARAMS = {"em": {"max_rounds": 3}}
-DEFENSE_PARAMS = {"at": {"steps": 3}}
 GRIDS = [                       # (attacks, defenses); the runner adds the clean row and "none"
     (["classwise-noise", "em", "tap"], ["iss-gray"]),
     (["tap"], ["iss-jpeg"]),
@@ -39,27 +36,13 @@ def available(attack: str) -> str | None:
 
 
 @pytest.fixture(scope="module")
-def acc(tmp_path_factory):
+def acc(evidence):
     """Clean test accuracy by (attack, defense), from the grids of the available attacks."""
-    if not SHARED_CIFAR.exists():
-        pytest.skip(f"needs the shared CIFAR-10 subset at {SHARED_CIFAR} (present on the project's machines)")
-    from uebench.runner import RunSpec, run
-    results_dir = tmp_path_factory.mktemp("defenses_evidence")
     table: dict[tuple[str, str], float] = {}
     for attacks, defenses in GRIDS:
         attacks = [a for a in attacks if available(a) is None]
-        if not attacks:
-            continue
-        records = run(RunSpec(
-            attacks=attacks, defenses=defenses, dataset=f"npz:{SHARED_CIFAR}", preset="cpu", seeds=[0],
-            results_dir=results_dir, overrides=dict(OVERRIDES),
-            attack_params={a: p for a, p in ATTACK_PARAMS.items() if a in attacks},
-            defense_params={d: p for d, p in DEFENSE_PARAMS.items() if d in defenses},
-            jobs=1, progress=False))
-        for r in records:
-            cell = (r["attack"]["name"], r["defense"]["name"])
-            assert r["status"] == "ok", f"{cell}: {r.get('error')}"
-            table[cell] = r["metrics"]["test_acc"]
+        if attacks:
+            table.update(evidence(attacks, defenses))
     return table
 
 

@@ -13,7 +13,17 @@ from typing import Any
 
 from uebench.registry import UserError
 
+DEFAULT_RESULTS = Path("results")
 DEFAULT_LEADERBOARD = Path("leaderboard/LEADERBOARD.md")
+
+
+def leaderboard_path(results_dir: Path, given: Path | None) -> Path:
+    """Where the markdown goes: as given; else the project's leaderboard for the project's
+    results, and RESULTS_DIR/LEADERBOARD.md for any other results folder (so a scratch or
+    cluster run never overwrites the committed table)."""
+    if given is not None:
+        return given
+    return DEFAULT_LEADERBOARD if Path(results_dir) == DEFAULT_RESULTS else Path(results_dir) / "LEADERBOARD.md"
 
 
 def parse_value(text: str) -> Any:
@@ -90,9 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-D", "--defense-param", action="append", default=[], metavar="DEFENSE.NAME=VALUE",
                      help="override a defense hyperparameter, e.g. -D at.steps=5")
     run.add_argument("--plugin", action="append", default=[], help="a plugin .py file or module (repeatable)")
-    run.add_argument("--results-dir", default="results", type=Path)
+    run.add_argument("--results-dir", default=DEFAULT_RESULTS, type=Path)
     run.add_argument("--cache-dir", type=Path, help="poison and model cache (default RESULTS_DIR/.cache)")
-    run.add_argument("--leaderboard", default=DEFAULT_LEADERBOARD, type=Path, help="markdown file to (re)write")
+    run.add_argument("--leaderboard", type=Path, help="markdown file to (re)write (default: "
+                     f"{DEFAULT_LEADERBOARD} for {DEFAULT_RESULTS}/, else RESULTS_DIR/LEADERBOARD.md)")
     run.add_argument("--no-leaderboard", action="store_true", help="do not rewrite the leaderboard")
     run.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     run.add_argument("--jobs", type=int, help="tasks run at once (default: 1 on CPU, one per GPU with several "
@@ -111,8 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     lst.add_argument("--plugin", action="append", default=[], help="also load this plugin file or module")
 
     board = sub.add_parser("leaderboard", help="re-render the markdown leaderboard from the records")
-    board.add_argument("--results-dir", default="results", type=Path)
-    board.add_argument("--out", default=DEFAULT_LEADERBOARD, type=Path)
+    board.add_argument("--results-dir", default=DEFAULT_RESULTS, type=Path)
+    board.add_argument("--out", type=Path, help=f"default: {DEFAULT_LEADERBOARD} for {DEFAULT_RESULTS}/, "
+                       "else RESULTS_DIR/LEADERBOARD.md")
     board.add_argument("--check", action="store_true", help="exit 1 if OUT differs from the rendering")
     return parser
 
@@ -121,6 +133,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from uebench import leaderboard
     from uebench.runner import RunSpec, check_worker_flags, make_plan, plan_workers, run
 
+    args.leaderboard = leaderboard_path(args.results_dir, args.leaderboard)
     overrides = {k: getattr(args, k) for k in ("model", "protocol", "epochs", "batch_size", "lr", "weight_decay",
                                                 "n_reference", "n_protected", "train_subset", "test_subset",
                                                 "schedule") if getattr(args, k) is not None}
@@ -200,6 +213,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from uebench import leaderboard
+    args.out = leaderboard_path(args.results_dir, args.out)
     if not Path(args.results_dir).is_dir():
         raise UserError(f"results directory {args.results_dir} does not exist; run 'uebench run' first "
                         f"or pass --results-dir")
