@@ -1,7 +1,9 @@
-"""Evidence for the core's reference attacks on the CIFAR-10 subset (scaled-down `cpu` table).
+"""Evidence for the core's reference attacks on the CIFAR-10 subset (the `cpu` table).
 
 A smooth class-wise pattern is a shortcut the victim learns instead of the images; uniform
-random noise in the same L∞ ball is not.
+random noise in the same L∞ ball is not. Measured (seed 0, the committed `cpu` table, whose
+cells the ``evidence`` fixture recomputes): clean 74.3 %, class-wise noise 56.0 %, random
+noise 73.8 %.
 """
 import pytest
 

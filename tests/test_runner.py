@@ -136,6 +136,21 @@ def test_grid_records_resume_and_force(tmp_path, plugin):
     assert _count(log, "generate") == 2          # the poison cache is keyed by content, so it is still valid
 
 
+def test_a_record_made_with_other_hyperparameters_is_stale(tmp_path, plugin, monkeypatch):
+    """Changing a method's preset keeps its folder name, so resume must compare what the record
+    was made with: those cells are redone, the others kept."""
+    from uebench.registry import ATTACKS
+    path, log = plugin
+    spec = _spec(tmp_path, path, attacks="counting", defenses="spy", seeds=[0])
+    assert len(run(spec)) == 4 and make_plan(spec).pending == []
+    monkeypatch.setattr(ATTACKS.get("counting"), "presets", {"smoke": {"eps": 2 / 255}})
+    stale = make_plan(spec).pending
+    assert sorted((c.attack.folder, c.defense.folder) for c in stale) == [("counting", "none"), ("counting", "spy")]
+    redone = run(spec)
+    assert [r["attack"]["hparams"]["eps"] for r in redone] == pytest.approx([2 / 255, 2 / 255])
+    assert make_plan(spec).pending == []
+
+
 def test_crashing_plugin_is_isolated(tmp_path, plugin):
     path, _ = plugin
     records = run(_spec(tmp_path, path, attacks="crashing,counting", defenses="none"))

@@ -101,6 +101,15 @@ class Cell:
     def relpath(self) -> str:
         return f"{self.attack.folder}/{self.defense.folder}/seed{self.seed}.json"
 
+    @property
+    def params_key(self) -> str:
+        """The hyperparameters this cell runs with; a record made with others is stale."""
+        return params_key(self.attack.params, self.defense.params)
+
+
+def params_key(attack_params: dict, defense_params: dict) -> str:
+    return content_key({"attack": attack_params, "defense": defense_params})
+
 
 @dataclass
 class Plan:
@@ -112,7 +121,7 @@ class Plan:
     table_dir: Path
     cells: list[Cell]
     pending: list[Cell]
-    verified: dict[str, list[int]] = field(default_factory=dict)   # the finished records, by time and size
+    verified: dict[str, list] = field(default_factory=dict)        # the finished records: time, size, params key
     index: Path | None = None                                      # where they are remembered
 
 
@@ -200,11 +209,13 @@ def pending_cells(cells: list[Cell], table_dir: Path, index: Path | None = None)
 
 
 def scan_records(cells: list[Cell], table_dir: Path, index: Path | None = None
-                 ) -> tuple[list[Cell], dict[str, list[int]]]:
-    """Pending cells, and ``{relative path: [mtime_ns, size]}`` of the finished records.
+                 ) -> tuple[list[Cell], dict[str, list]]:
+    """Pending cells, and ``{relative path: [mtime_ns, size, params key]}`` of the finished records.
 
-    A record whose time and size match the ``index`` was read and verified by an earlier run,
-    so resuming a large grid reads no record twice; a rewrite or truncation changes them.
+    A record counts as finished when it is intact, its status is final and it was made with
+    the hyperparameters the cell has now (a changed preset makes it stale, so it is redone).
+    A record whose time, size and key match the ``index`` was read and verified by an earlier
+    run, so resuming a large grid reads no record twice; a rewrite or truncation changes them.
     """
     known = read_finished_index(index)
     root = str(table_dir)
@@ -217,15 +228,15 @@ def scan_records(cells: list[Cell], table_dir: Path, index: Path | None = None
         except OSError:
             pending.append(cell)
             continue
-        seen = [stat.st_mtime_ns, stat.st_size]
-        if known.get(rel) == seen or is_finished(Path(path)):
+        seen = [stat.st_mtime_ns, stat.st_size, cell.params_key]
+        if known.get(rel) == seen or is_finished(Path(path), cell.params_key):
             verified[rel] = seen
         else:
             pending.append(cell)
     return pending, verified
 
 
-def read_finished_index(index: Path | None) -> dict[str, list[int]]:
+def read_finished_index(index: Path | None) -> dict[str, list]:
     try:
         known = json.loads(index.read_text()) if index else {}
     except (OSError, ValueError):
@@ -250,9 +261,15 @@ def update_finished_index(plan: Plan, records: list[dict]) -> None:
     os.replace(tmp, plan.index)
 
 
-def is_finished(path: Path) -> bool:
+def is_finished(path: Path, expected_params_key: str | None = None) -> bool:
+    """An intact record with a final status (and, if given, made with these hyperparameters)."""
     record = read_record(path)
-    return record is not None and record.get("status") in FINISHED
+    if record is None or record.get("status") not in FINISHED:
+        return False
+    if expected_params_key is None:
+        return True
+    made_with = params_key(record.get("attack", {}).get("hparams", {}), record.get("defense", {}).get("hparams", {}))
+    return made_with == expected_params_key
 
 
 def check_writable(directory: Path) -> None:
