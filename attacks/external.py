@@ -36,6 +36,7 @@ class External(Attack):
 
     name = "external"
     paper = "released poison set (imported from files)"
+    by_name_only = True            # needs path=...: `--attacks all` leaves it out
     path: str = ""
     norm: str = "linf"
     eps: float = 8 / 255

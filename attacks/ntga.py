@@ -207,7 +207,7 @@ class NTGA(Attack):
         "smoke": {"block_size": 64, "val_size": 64, "iterations": 3, "cnn_channels": 16},
         "demo": {"block_size": 256, "val_size": 512, "cnn_channels": 16, "val_batch": 512},
         # 8,000 CIFAR images: 16 blocks of 500, each validated on all 4,000 images of the other
-        # half (measured, small-CNN victim: clean 74.3 %; 1,000 validation images 63.1 %, 4,000
+        # half (measured, small-CNN victim: clean 74.2 %; 1,000 validation images 63.1 %, 4,000
         # images 54.8 %, about 2 min; the paper validates on 10,000).
         "cpu": {"block_size": 512, "val_size": 4000, "cnn_channels": 16, "val_batch": 512},
     }

@@ -81,3 +81,10 @@ def evidence(evidence_records):
         return {key: r["metrics"]["test_acc"] for key, r in records.items()}
 
     return accuracy
+
+
+@pytest.fixture(autouse=True)
+def _benchmarks_need_enabling(request):
+    """Benchmarks run only when asked: ``python -m pytest -m benchmark --benchmark-enable tests/benchmarks``."""
+    if "benchmark" in request.fixturenames and request.getfixturevalue("benchmark").disabled:
+        pytest.skip("benchmarks are disabled by default (pyproject addopts); add --benchmark-enable")

@@ -7,7 +7,7 @@ recovers much of the accuracy EM takes. The cells are those of the committed `cp
 method's own `cpu` preset), recomputed. "Wins back at least half" means
 acc(attack, defense) − acc(attack, none) ≥ ½ · (acc(clean, none) − acc(attack, none)).
 
-Measured (seed 0, committed table; clean 74.3 %): class-wise noise 56.0 → 69.9 with
+Measured (seed 0, committed table; clean 74.2 %): class-wise noise 56.0 → 69.9 with
 iss-gray; class-wise EM 25.6 → 71.0 with iss-gray; EM 21.3 → 40.9 with iss-gray and 52.9 with
 at; TAP 20.0 → 64.7 with iss-jpeg, 16.0 with iss-gray. Sample-wise EM is the one claim
 that does not carry over at full strength: published, grayscale takes EM from 20.8 % to

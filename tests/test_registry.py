@@ -110,7 +110,9 @@ def test_name_collision_is_an_error():
 
 def test_selection_all_lists_wildcards_and_order():
     names = ATTACKS.names()
-    assert ATTACKS.select("all") == names
+    assert ATTACKS.select("all") == [n for n in names if n != "external"]   # it needs a poison file
+    assert "external" not in ATTACKS.select("e*")
+    assert ATTACKS.select("external,tap") == ["external", "tap"]            # named, it runs
     assert ATTACKS.select("classwise-noise,random-noise") == ["classwise-noise", "random-noise"]
     assert ATTACKS.select("random-*") == ["random-noise"]
     assert ATTACKS.select("*-noise,random-noise") == ["classwise-noise", "random-noise"]   # no duplicates

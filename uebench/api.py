@@ -81,6 +81,9 @@ class Method:
     # Per-preset hyperparameter overrides, e.g. {"cpu": {"rounds": 5}, "smoke": {...}}:
     # how the method is scaled down for small runs. The record stores the values used.
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    # True for a method that cannot run without the user's input (a released poison file):
+    # `all` and wildcards leave it out, naming it selects it.
+    by_name_only: ClassVar[bool] = False
 
     @classmethod
     def for_preset(cls, preset: str, **overrides: Any) -> "Method":
