@@ -203,6 +203,19 @@ def test_guidance_scale_follows_the_official_formula():
     assert LE(budget=16 / 255, guidance_scale=35000).m == pytest.approx(4 * LE().m)
 
 
+def test_guidance_pulls_each_pixel_as_hard_at_any_image_size():
+    """The official scale was set for 32×32×3 images; on 8×8 grey digits a plain mean pulled
+    each pixel 48 times harder and the chain diverged (LE left digits at chance)."""
+    from uebench.defenses.le import Guidance
+    pulls = []
+    for channels, size in ((1, 8), (3, 32)):
+        x_ue = torch.full((2, channels, size, size), 0.5)
+        guide = LE(**FAST).guide_towards(random_model(channels, size), x_ue, Guidance(None, torch.Generator()))
+        pulls.append(guide(torch.zeros_like(x_ue), 15).mean().item())
+    assert pulls[1] > 0
+    assert pulls[0] == pytest.approx(pulls[1], rel=0.05)
+
+
 def test_per_image_guidance_does_not_depend_on_the_batch(reference, ctx):
     """Distances are per image: image 0's gradient is the same alone or in a batch."""
     distance = perceptual_distance("reference", reference, ctx)
