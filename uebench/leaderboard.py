@@ -86,13 +86,22 @@ def render_table(records: list[dict], results_link: str = "../results") -> str:
 
     t, split = table["train"], table["split"]
     ds = table["dataset"]
+    if table["protocol"] == "contrastive":      # SimCLR, then a linear probe: the supervised recipe is unused
+        simclr = table.get("contrastive") or {}
+        title = f"{simclr['epochs']} SimCLR epochs" if "epochs" in simclr else "SimCLR"
+        protocol = (f"contrastive; a SimCLR encoder `{table['model']}` trained without labels on the (defended) "
+                    f"training set, then a linear probe on its frozen features with the training labels; settings "
+                    f"that differ from the published SimCLR protocol: {simclr or 'none'}; preset `{table['preset']}`.")
+    else:
+        title = f"{t['epochs']} epochs"
+        protocol = (f"supervised; victim `{table['model']}` trained {t['epochs']} epochs, SGD lr {t['lr']} "
+                    f"({t['schedule']}), momentum {t['momentum']}{' Nesterov' if t['nesterov'] else ''}, weight decay "
+                    f"{t['weight_decay']}, batch {t['batch_size']}, random crop (pad {t['crop_pad']} at 32 px) + flip; "
+                    f"preset `{table['preset']}`.")
     lines = [
-        f"## {ds['name']} · {table['protocol']} · {table['model']} · {t['epochs']} epochs (`{table['id']}`)",
+        f"## {ds['name']} · {table['protocol']} · {table['model']} · {title} (`{table['id']}`)",
         "",
-        f"- **Protocol**: {table['protocol']}; victim `{table['model']}` trained {t['epochs']} epochs, SGD lr {t['lr']} "
-        f"({t['schedule']}), momentum {t['momentum']}{' Nesterov' if t['nesterov'] else ''}, weight decay "
-        f"{t['weight_decay']}, batch {t['batch_size']}, random crop (pad {t['crop_pad']} at 32 px) + flip; "
-        f"preset `{table['preset']}`.",
+        f"- **Protocol**: {protocol}",
         f"- **Data**: `{ds['name']}` ({ds['shape'][1]}×{ds['shape'][2]}×{ds['shape'][0]}); {split['n_protected']} "
         f"protected / {split['n_reference']} clean reference (defenses may use it) / {split['n_test']} test images.",
         f"- **Metric**: clean test accuracy (%), mean ± std over seeds {', '.join(map(str, sorted(seeds)))}; "
@@ -100,8 +109,6 @@ def render_table(records: list[dict], results_link: str = "../results") -> str:
         f"budget: the attack's declared threat model, checked before training.",
         f"- **uebench**: {', '.join(sorted(versions))}.",
     ]
-    if table.get("contrastive"):
-        lines.append(f"- **Contrastive settings**: {table['contrastive']}.")
     lines += ["", df.to_markdown(index=False, disable_numparse=True), ""]
     failed = sorted({f"{r['attack']['folder']} / {r['defense']['folder']} / seed {r['seed']}: {r['error']}"
                      for r in records if r["status"] == "failed"})
