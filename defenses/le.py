@@ -60,7 +60,9 @@ class LE(DiffusionPurification):
     - σ² at the last step is β_0 (the official fixed-large variance uses the posterior
       variance of step 1 there; it only scales the guidance of that one step).
     - Without LPIPS-AlexNet weights (offline machines) the perceptual distance is the
-      LPIPS-style stand-in over a classifier trained on the reference split.
+      LPIPS-style stand-in over a classifier trained on the reference split, scaled so that
+      its gradient matches the pixel MSE's (unscaled, it pulled 40 times harder and
+      destroyed the images; see :meth:`uebench.perceptual.FeatureDistance.calibrate`).
     """
 
     name = "le"
