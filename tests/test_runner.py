@@ -7,6 +7,7 @@ import textwrap
 import numpy as np
 import pytest
 
+from registry_sandbox import sandbox_registries
 from uebench.data import load_dataset
 from uebench.records import checksum, read_record
 from uebench.runner import RunSpec, make_plan, run
@@ -72,12 +73,7 @@ PLUGIN = textwrap.dedent('''
 @pytest.fixture
 def plugin(tmp_path, monkeypatch):
     """The plugin file, loaded fresh for each test (the registries are restored afterwards)."""
-    from uebench import registry
-    for reg in (registry.ATTACKS, registry.DEFENSES):
-        reg.discover()
-        for attr in ("_entries", "_loaded", "_broken"):
-            monkeypatch.setattr(reg, attr, dict(getattr(reg, attr)))
-    monkeypatch.setattr(registry, "_LOADED_PLUGINS", set())
+    sandbox_registries(monkeypatch)
     log = tmp_path / "log"
     log.mkdir()
     monkeypatch.setenv("UEBENCH_TEST_LOG", str(log))
