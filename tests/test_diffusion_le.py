@@ -250,14 +250,12 @@ def test_perceptual_falls_back_with_a_note(reference, ctx):
     assert reason in ctx.notes["perceptual"]
 
 
-def test_fit_trains_on_purified_images_and_saves_the_figure(tiny, reference, ctx):
-    from PIL import Image
+def test_fit_trains_on_purified_images_and_previews_them(tiny, reference, ctx):
     x, y = tiny
     model = LE(**FAST, stride=10, passes=1).fit(x, y, reference, ctx)
     assert model(x[:2]).shape == (2, 4)
-    assert ctx.notes["figure"] == "purified.png"
-    with Image.open(ctx.artifact_dir / "purified.png") as image:   # 2 rows of 8 tiles of 16 px, 1 px gaps
-        assert image.size == (8 * 17 + 1, 2 * 17 + 1)
+    preview = ctx.previews["purified"]         # the runner draws it under the clean and unlearnable rows
+    assert preview.shape == (8, *x.shape[1:]) and not torch.equal(preview, x[:8])
 
 
 def test_purification_is_deterministic(tiny, reference, ctx):

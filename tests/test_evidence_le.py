@@ -2,58 +2,49 @@
 unlearnable examples.
 
 Published (Jiang et al. 2023; re-run by BridgePure 2025): LE-JCDP brings EM-poisoned
-CIFAR-10 from about 24 % back to about 91 %, above AVATAR's 88 %. Here, at CPU scale
-(the ``cpu`` preset scaled down: PROTECTED protected images, a tiny DDPM trained for a
-few hundred steps on the 2,000-image reference split, strided reverse chains, the small
-CNN victim), "wins back at least half" means
+CIFAR-10 from about 24 % back to about 91 %, above AVATAR's 88 %. The cells are those of
+the committed `cpu` table (the ``evidence`` fixture: 8,000 protected images; the `cpu`
+presets of LE and AVATAR: a tiny DDPM trained for 1,500 steps on the 2,000-image
+reference split, strided reverse chains; 15 victim epochs of the small CNN), recomputed.
+"Wins back at least half" means
 acc(attack, le) − acc(attack, none) ≥ ½ · (acc(clean, none) − acc(attack, none)).
 
-One grid (the runner adds the clean row and the no-defense column) shares one diffusion
-model between every LE and AVATAR cell. Claims about an attack whose module is missing
-or broken are skipped with the reason.
+Measured (seed 0, committed table; clean 74.2 %): MEASURED_NUMBERS
+
+One diffusion model, trained once on the reference split, serves every LE and AVATAR
+cell. Claims about an attack whose module is missing or broken are skipped with the reason.
 """
 from __future__ import annotations
 
 import pytest
 
-from conftest import SHARED_CIFAR
 from uebench.registry import ATTACKS, PluginError
 
 pytestmark = pytest.mark.slow
 
-PROTECTED = 2000
-OVERRIDES = {"n_protected": PROTECTED, "epochs": 15}
-DIFFUSION = {"diffusion": "tiny", "diffusion_steps": 300}   # the same for both: one shared model
-DEFENSE_PARAMS = {"le": {**DIFFUSION, "stride": 5}, "avatar": {**DIFFUSION, "stride": 20}}
-ATTACK_PARAMS = {"em": {"max_rounds": 3}}
-ATTACKS_WANTED = ["classwise-noise", "em"]
+GRIDS = [                       # (attacks, defenses): each attack under each defense and none
+    (["classwise-noise", "em"], ["le"]),
+    (["em"], ["avatar"]),
+]
 
 
-def unavailable() -> dict[str, str]:
-    """Why each wanted attack cannot be loaded; empty when all can."""
-    reasons = {}
-    for attack in ATTACKS_WANTED:
-        try:
-            ATTACKS.get(attack)
-        except PluginError as err:
-            reasons[attack] = str(err)
-    return reasons
+def available(attack: str) -> str | None:
+    """None when the attack loads, else why not."""
+    try:
+        ATTACKS.get(attack)
+    except PluginError as err:
+        return str(err)
+    return None
 
 
 @pytest.fixture(scope="module")
-def grid(tmp_path_factory):
-    """{(attack, defense): record} for the available attacks × (none, le, avatar)."""
-    if not SHARED_CIFAR.exists():
-        pytest.skip(f"needs the shared CIFAR-10 subset at {SHARED_CIFAR} (present on the project's machines)")
-    from uebench.runner import RunSpec, run
-    attacks = [a for a in ATTACKS_WANTED if a not in unavailable()]
-    spec = RunSpec(attacks=attacks, defenses=["le", "avatar"], dataset=f"npz:{SHARED_CIFAR}", preset="cpu",
-                   seeds=[0], results_dir=tmp_path_factory.mktemp("le_evidence"), overrides=dict(OVERRIDES),
-                   attack_params={a: ATTACK_PARAMS[a] for a in attacks if a in ATTACK_PARAMS},
-                   defense_params=DEFENSE_PARAMS, jobs=1, progress=False)
-    cells = {(r["attack"]["name"], r["defense"]["name"]): r for r in run(spec)}
-    failed = {cell: r.get("error") for cell, r in cells.items() if r["status"] != "ok"}
-    assert not failed, f"cells failed: {failed}"
+def grid(evidence_records):
+    """{(attack, defense): record} of the available attacks."""
+    cells: dict[tuple[str, str], dict] = {}
+    for attacks, defenses in GRIDS:
+        attacks = [a for a in attacks if available(a) is None]
+        if attacks:
+            cells.update(evidence_records(attacks, defenses))
     return cells
 
 
@@ -62,33 +53,34 @@ def acc(grid, attack: str, defense: str) -> float:
 
 
 def need(attack: str) -> None:
-    if attack in unavailable():
-        pytest.skip(f"{attack} unavailable: {unavailable()[attack]}")
+    reason = available(attack)
+    if reason:
+        pytest.skip(f"{attack} unavailable: {reason}")
 
 
-@pytest.mark.parametrize("attack", ATTACKS_WANTED)
+@pytest.mark.parametrize("attack", ["classwise-noise", "em"])
 def test_le_wins_back_at_least_half(grid, attack):
     need(attack)
     clean, poisoned, purified = acc(grid, "clean", "none"), acc(grid, attack, "none"), acc(grid, attack, "le")
-    assert clean - poisoned > 0.05, f"{attack} did not bite at this scale ({clean:.3f} → {poisoned:.3f})"
+    assert clean - poisoned >= 0.10, f"{attack} did not bite at this scale ({clean:.3f} → {poisoned:.3f})"
     assert purified - poisoned >= 0.5 * (clean - poisoned), \
         f"{attack}: clean {clean:.3f}, poisoned {poisoned:.3f}, after LE {purified:.3f}"
 
 
 def test_le_beats_avatar_on_em(grid):
     need("em")
-    assert acc(grid, "em", "le") > acc(grid, "em", "avatar")
+    assert acc(grid, "em", "le") > acc(grid, "em", "avatar"), \
+        f"LE {acc(grid, 'em', 'le'):.3f} vs AVATAR {acc(grid, 'em', 'avatar'):.3f} on EM"
 
 
 def test_one_diffusion_model_of_the_reference_split_serves_every_cell(grid):
     notes = [r["notes"]["defense"] for (a, d), r in grid.items() if d in ("le", "avatar")]
-    keys = {n["diffusion"]["cache_key"] for n in notes}
-    assert len(keys) == 1
-    sources = [n["diffusion"]["source"] for n in notes]
-    assert "trained" not in sources, "prepare() should have trained it before the cells"
+    assert len(notes) == 3
+    assert len({n["diffusion"]["cache_key"] for n in notes}) == 1
     for n in notes:
+        # trained on exactly the reference split (its content hash), never on protected or test images
         assert n["diffusion"]["train_fingerprint"] == n["diffusion"]["reference_fingerprint"]
         assert n["diffusion"]["n_train_images"] == 2000
-        assert n["figure"] == "purified.png"
+        assert n["figure"] == "examples.png"
     le_notes = [r["notes"]["defense"] for (a, d), r in grid.items() if d == "le"]
     assert all(n["schedule"]["timesteps"] == [20, 15, 10, 5, 0] and "perceptual" in n for n in le_notes)

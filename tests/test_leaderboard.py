@@ -35,7 +35,7 @@ def _write_fixture(results: Path, table=TABLE, dataset_dir="npz-toy"):
                       "defense": {"name": defense, "folder": defense, "hparams": {}, "protocols": ["supervised"]},
                       "status": status, "error": "RuntimeError: out of memory" if status == "failed" else None,
                       "metrics": {"test_acc": values[seed]} if status == "ok" else {},
-                      "notes": {"defense": {"figure": "purified.png"}} if defense == "iss-gray" and seed == 0 else {},
+                      "notes": {"defense": {"figure": "examples.png"}} if defense == "iss-gray" and seed == 0 else {},
                       "finished": f"2026-01-0{seed + 1}T00:00:00+00:00"}
             write_record(results / dataset_dir / table["id"] / attack / defense / f"seed{seed}.json", record)
 
@@ -58,7 +58,7 @@ def test_table_content(tmp_path):
     assert rows["em"] == ["L∞ 8/255", "21.0 ± 1.4", "**67.0 ± 1.4**", "failed"]
     assert rows["ops"][-1] == "**51.0 ± 1.4**"
     assert "em / mixup / seed 0: RuntimeError: out of memory" in text
-    assert "(../results/npz-toy/supervised-smallcnn-15ep-abc123/em/iss-gray/seed0/purified.png)" in text
+    assert "(../results/npz-toy/supervised-smallcnn-15ep-abc123/em/iss-gray/seed0/examples.png)" in text
 
 
 def test_same_records_give_identical_bytes_and_protocols_stay_apart(tmp_path):

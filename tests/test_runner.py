@@ -6,6 +6,7 @@ import textwrap
 
 import numpy as np
 import pytest
+import torch
 
 from registry_sandbox import sandbox_registries
 from uebench.data import load_dataset
@@ -66,6 +67,7 @@ PLUGIN = textwrap.dedent('''
             (LOG / "seen.json").write_text(json.dumps({
                 "train": x.mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).reshape(len(x), -1).tolist(),
                 "reference": reference[0].mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).reshape(len(reference[0]), -1).tolist()}))
+            ctx.previews["inverted"] = 1 - x[:3]
             return super().fit(x, y, reference, ctx)
 ''')
 
@@ -130,6 +132,25 @@ def test_grid_records_resume_and_force(tmp_path, plugin):
     # --force recomputes everything.
     assert len(run(_spec(tmp_path, path, attacks="counting", defenses="spy", seeds=[0, 1], force=True))) == 8
     assert _count(log, "generate") == 2          # the poison cache is keyed by content, so it is still valid
+
+
+def test_figure_rows_are_clean_unlearnable_and_the_defenses_preview(tmp_path, plugin):
+    from PIL import Image
+    path, log = plugin
+    spec = _spec(tmp_path, path, attacks="counting", defenses="spy", seeds=[0])
+    by_cell = {(r["attack"]["name"], r["defense"]["name"]): r for r in run(spec)}
+    plan = make_plan(spec)
+    assert "figure" not in by_cell["counting", "none"]["notes"]["defense"]    # no preview, no figure
+    figure = by_cell["counting", "spy"]["notes"]["defense"]["figure"]
+    with Image.open(plan.table_dir / "counting" / "spy" / "seed0" / figure) as png:       # digits: 8×8, gray
+        image = torch.from_numpy(np.asarray(png.convert("L")))
+    assert image.shape == (3 * 9 + 1, 3 * 9 + 1)          # 3 rows (clean, unlearnable, preview) of 3 images
+    x_clean = torch.from_numpy(plan.dataset.x_train[plan.splits.protected[:3]])[..., 0]     # uint8 (3, 8, 8)
+    tile = lambda row, col: image[1 + 9 * row:9 + 9 * row, 1 + 9 * col:9 + 9 * col]
+    for col in range(3):
+        assert (tile(0, col).int() - x_clean[col].int()).abs().max() <= 1               # clean row
+        assert 0 < (tile(1, col).int() - x_clean[col].int()).abs().max() <= 5          # ±4/255 noise
+        assert (tile(2, col).int() + tile(1, col).int() - 255).abs().max() <= 1         # the inverted preview
 
 
 def test_a_record_made_with_other_hyperparameters_is_stale(tmp_path, plugin, monkeypatch):

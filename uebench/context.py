@@ -56,6 +56,9 @@ class Context:
     artifact_dir: Path | None = None           # where a cell may write figures
     progress: bool = True
     notes: dict = field(default_factory=dict)  # methods add facts for the record here
+    # first images of what a defense made of the training set (e.g. "purified"); the runner
+    # draws them under the clean and unlearnable images (which the defense never sees)
+    previews: dict = field(default_factory=dict)
 
     # -- helpers for methods -------------------------------------------------------
     def generator(self, offset: int = 0) -> torch.Generator:

@@ -32,7 +32,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 import torch.nn as nn
@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from uebench.context import Context
 
 NUM_TIMESTEPS = 1000
+PREVIEW_IMAGES = 8     # purified images shown in each cell's figure
 BETA_START, BETA_END = 1e-4, 0.02
 
 
@@ -413,8 +414,6 @@ class DiffusionPurification(Defense):
     stride: int = 1                          # reverse over every stride-th timestep (1: full chain)
     batch_size: int = 500                    # images purified at once on the device
 
-    figure_name: ClassVar[str] = "purified.png"
-
     def diffusion_model(self, reference, ctx: "Context") -> DiffusionModel:
         return diffusion_model(reference, self.diffusion, ctx, train_steps=self.diffusion_steps,
                                max_timestep=self.diffusion_max_timestep, ema_decay=self.diffusion_ema)
@@ -435,7 +434,7 @@ class DiffusionPurification(Defense):
                 xb = model.encode(x[i:i + self.batch_size])
                 out.append(model.decode(self.purify_batch(model, xb, gen, state)).cpu())
         purified = torch.cat(out) if out else x.clone()
-        self.save_figure(x, purified, ctx)
+        ctx.previews["purified"] = purified[:PREVIEW_IMAGES]
         return purified
 
     def setup(self, model: DiffusionModel, reference, ctx: "Context") -> Any:
@@ -447,14 +446,3 @@ class DiffusionPurification(Defense):
                      state: Any) -> torch.Tensor:
         """Purify one batch in model space ([-1, 1], padded); ``state`` is what setup returned."""
         raise NotImplementedError
-
-    def save_figure(self, x: torch.Tensor, purified: torch.Tensor, ctx: "Context", columns: int = 8) -> None:
-        """Rows: unlearnable, purified (the defense never sees the clean images)."""
-        if ctx.artifact_dir is None or len(x) == 0:
-            return
-        from torchvision.utils import save_image
-        path = Path(ctx.artifact_dir) / self.figure_name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        n = min(columns, len(x))
-        save_image(torch.cat([x[:n], purified[:n]]), path, nrow=n, padding=1)
-        ctx.notes["figure"] = self.figure_name

@@ -115,7 +115,7 @@ def render_table(records: list[dict], results_link: str = "../results") -> str:
     if failed:
         lines += ["Failed cells:", ""] + [f"- {f}" for f in failed] + [""]
     if figures:
-        lines += ["Purification examples (unlearnable / purified):", ""] + [f"- {f}" for f in sorted(figures)] + [""]
+        lines += ["Examples (rows: clean / unlearnable / defended training images):", ""] + [f"- {f}" for f in sorted(figures)] + [""]
     return "\n".join(lines)
 
 

@@ -426,12 +426,27 @@ def run_cell(job: Job, cell: Cell, upstream_error: str | None = None) -> dict:
         x_test, y_test = to_tensor(dataset.x_test), torch.from_numpy(dataset.y_test)
         record["metrics"] = {"test_acc": accuracy(model, x_test, y_test, transform=transform),
                              "train_acc": accuracy(model, x, y), "n_test": len(y_test), "n_train": len(y)}
+        if ctx.previews:
+            ctx.notes["figure"] = save_figure(path.with_suffix(""), [x_clean, x, *ctx.previews.values()])
         record["notes"]["defense"] = {k: v for k, v in ctx.notes.items() if k != "contrastive"}
         record.update(status="ok")
     except Exception as err:  # the cell fails, the run goes on
         record.update(status="failed", error=f"{type(err).__name__}: {err}".splitlines()[0][:500],
                       traceback=traceback.format_exc()[-4000:])
     return _finish(path, record, start)
+
+
+FIGURE = "examples.png"
+
+
+def save_figure(folder: Path, rows: list[torch.Tensor]) -> str:
+    """One row of images per tensor (clean, unlearnable, then the defense's previews), as
+    many columns as the shortest row; returns the file name, relative to ``folder``."""
+    from torchvision.utils import save_image
+    n = min(len(r) for r in rows)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_image(torch.cat([r[:n].cpu() for r in rows]), folder / FIGURE, nrow=n, padding=1)
+    return FIGURE
 
 
 def _finish(path: Path, record: dict, start: float) -> dict:
