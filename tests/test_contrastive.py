@@ -134,6 +134,8 @@ def test_simclr_pretraining_lowers_the_contrastive_loss(ctx):
     assert before == pytest.approx(math.log(127), abs=0.05)     # an untrained encoder is at chance
     pretrain_simclr(model, x, cfg, ctx)
     assert loss_now() < before - 0.2
+    losses = ctx.notes["simclr_epoch_loss"]                   # recorded per epoch, for diagnosis
+    assert len(losses) == 8 and losses[-1] < losses[0]
 
 
 # -- the protocol's contract ---------------------------------------------------------------

@@ -238,7 +238,9 @@ def pretrain_simclr(model: SimCLR, x: torch.Tensor, cfg: ContrastiveConfig, ctx:
     model.to(memory_format=torch.channels_last).train()
     step = 0
     bar = ctx.pbar(total=cfg.epochs, desc="simclr")
+    epoch_losses = []   # recorded: a shortcut in the data shows as a loss that falls faster than on clean data
     for _ in range(cfg.epochs):
+        total_loss = torch.zeros((), device=device)
         for idx in batches(len(x), batch, gen)[:steps_per_epoch]:
             idx = idx.to(device)
             set_lr(opt, learning_rate(cfg, step, total, warmup))
@@ -246,10 +248,13 @@ def pretrain_simclr(model: SimCLR, x: torch.Tensor, cfg: ContrastiveConfig, ctx:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            total_loss += loss.detach()
             step += 1
+        epoch_losses.append(round(total_loss.item() / steps_per_epoch, 4))
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+        bar.set_postfix(loss=f"{epoch_losses[-1]:.3f}")
     bar.close()
+    ctx.notes["simclr_epoch_loss"] = epoch_losses
     return model.eval()
 
 
