@@ -97,6 +97,33 @@ def evidence(evidence_records):
     return accuracy
 
 
+def attack_unavailable(attack: str) -> str | None:
+    """None when the attack loads, else why not (evidence about it is then skipped with the reason)."""
+    from uebench.registry import ATTACKS, PluginError
+    try:
+        ATTACKS.get(attack)
+    except PluginError as err:
+        return str(err)
+    return None
+
+
+def skip_unless_available(*attacks: str) -> None:
+    for attack in attacks:
+        reason = attack_unavailable(attack)
+        if reason:
+            pytest.skip(f"{attack} unavailable: {reason}")
+
+
+def run_grids(evidence_fn, grids: list[tuple[list[str], list[str]]]) -> dict:
+    """Merge ``evidence_fn(attacks, defenses)`` over ``grids``, leaving out attacks that do not load."""
+    cells: dict = {}
+    for attacks, defenses in grids:
+        attacks = [a for a in attacks if attack_unavailable(a) is None]
+        if attacks:
+            cells.update(evidence_fn(attacks, defenses))
+    return cells
+
+
 @pytest.fixture(autouse=True)
 def _benchmarks_need_enabling(request):
     """Benchmarks run only when asked: ``python -m pytest -m benchmark --benchmark-enable tests/benchmarks``."""

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import pytest
 
-from uebench.registry import ATTACKS, PluginError
+from conftest import run_grids, skip_unless_available
 
 pytestmark = pytest.mark.slow
 
@@ -33,31 +33,10 @@ GRIDS = [                       # (attacks, defenses); the runner adds the clean
 ]
 
 
-def available(attack: str) -> str | None:
-    """None when the attack loads, else why not."""
-    try:
-        ATTACKS.get(attack)
-    except PluginError as err:
-        return str(err)
-    return None
-
-
 @pytest.fixture(scope="module")
 def acc(evidence):
     """Clean test accuracy by (attack, defense), from the grids of the available attacks."""
-    table: dict[tuple[str, str], float] = {}
-    for attacks, defenses in GRIDS:
-        attacks = [a for a in attacks if available(a) is None]
-        if attacks:
-            table.update(evidence(attacks, defenses))
-    return table
-
-
-def needs(*attacks: str) -> None:
-    for attack in attacks:
-        reason = available(attack)
-        if reason:
-            pytest.skip(reason)
+    return run_grids(evidence, GRIDS)
 
 
 def won_back(acc, attack: str, defense: str) -> tuple[float, float]:
@@ -68,21 +47,21 @@ def won_back(acc, attack: str, defense: str) -> tuple[float, float]:
 
 @pytest.mark.parametrize("attack", ["classwise-noise", "em-classwise"])
 def test_grayscale_wins_back_half_of_colour_shortcuts(acc, attack):
-    needs(attack)
+    skip_unless_available(attack)
     taken, back = won_back(acc, attack, "iss-gray")
     assert taken >= 0.10, f"{attack} took only {taken:.3f}; the claim needs a working attack"
     assert back >= taken / 2, f"iss-gray won back {back:.3f} of the {taken:.3f} that {attack} took"
 
 
 def test_grayscale_wins_back_part_of_samplewise_em(acc):
-    needs("em")
+    skip_unless_available("em")
     taken, back = won_back(acc, "em", "iss-gray")
     assert taken >= 0.10, f"em took only {taken:.3f}; the claim needs a working attack"
     assert back >= 0.10, f"iss-gray won back {back:.3f} of the {taken:.3f} that em took"
 
 
 def test_jpeg_wins_back_half_of_tap_and_grayscale_does_not(acc):
-    needs("tap")
+    skip_unless_available("tap")
     taken, jpeg_back = won_back(acc, "tap", "iss-jpeg")
     _, gray_back = won_back(acc, "tap", "iss-gray")
     assert taken >= 0.10, f"tap took only {taken:.3f}; the claim needs a working attack"
@@ -91,6 +70,6 @@ def test_jpeg_wins_back_half_of_tap_and_grayscale_does_not(acc):
 
 
 def test_adversarial_training_beats_no_defense_against_em(acc):
-    needs("em")
+    skip_unless_available("em")
     assert acc["em", "at"] > acc["em", "none"] + 0.05, (
         f"AT {acc['em', 'at']:.3f} vs no defense {acc['em', 'none']:.3f} on EM")

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import pytest
 
-from uebench.registry import ATTACKS, PluginError
+from conftest import run_grids, skip_unless_available
 
 pytestmark = pytest.mark.slow
 
@@ -39,34 +39,14 @@ GRIDS = [                       # (attacks, defenses): each attack under each de
 ]
 
 
-def available(attack: str) -> str | None:
-    """None when the attack loads, else why not."""
-    try:
-        ATTACKS.get(attack)
-    except PluginError as err:
-        return str(err)
-    return None
-
-
 @pytest.fixture(scope="module")
 def grid(evidence_records):
     """{(attack, defense): record} of the available attacks."""
-    cells: dict[tuple[str, str], dict] = {}
-    for attacks, defenses in GRIDS:
-        attacks = [a for a in attacks if available(a) is None]
-        if attacks:
-            cells.update(evidence_records(attacks, defenses))
-    return cells
+    return run_grids(evidence_records, GRIDS)
 
 
 def acc(grid, attack: str, defense: str) -> float:
     return grid[(attack, defense)]["metrics"]["test_acc"]
-
-
-def need(attack: str) -> None:
-    reason = available(attack)
-    if reason:
-        pytest.skip(f"{attack} unavailable: {reason}")
 
 
 NOT_AT_CPU_SCALE = "not reproduced at CPU scale with the tiny DDPM (see the module docstring)"
@@ -77,7 +57,7 @@ NOT_AT_CPU_SCALE = "not reproduced at CPU scale with the tiny DDPM (see the modu
     "em",
 ])
 def test_le_wins_back_at_least_half(grid, attack):
-    need(attack)
+    skip_unless_available(attack)
     clean, poisoned, purified = acc(grid, "clean", "none"), acc(grid, attack, "none"), acc(grid, attack, "le")
     assert clean - poisoned >= 0.10, f"{attack} did not bite at this scale ({clean:.3f} → {poisoned:.3f})"
     assert purified - poisoned >= 0.5 * (clean - poisoned), \
@@ -86,7 +66,7 @@ def test_le_wins_back_at_least_half(grid, attack):
 
 @pytest.mark.xfail(strict=True, reason=f"LE 51.9 vs AVATAR 57.3: {NOT_AT_CPU_SCALE}")
 def test_le_beats_avatar_on_em(grid):
-    need("em")
+    skip_unless_available("em")
     assert acc(grid, "em", "le") > acc(grid, "em", "avatar"), \
         f"LE {acc(grid, 'em', 'le'):.3f} vs AVATAR {acc(grid, 'em', 'avatar'):.3f} on EM"
 
