@@ -45,18 +45,14 @@ def cifar_subset():
     return SHARED_CIFAR
 
 
-# Every slow evidence test recomputes cells of the committed `cpu` table (8,000 protected
-# images, 15 epochs of the small CNN, the methods' own `cpu` presets) in one results
-# directory, so the clean row and each poison set are computed once for the whole session
-# and reused by every test that needs them (the runner resumes). Only the cells a claim
-# reads are run: each attack under each defense and under none, and the clean row under
-# none; the clean row under a defense only when "clean" is among the attacks (an LE or AT
-# cell costs minutes, and CI's time is counted). UEBENCH_EVIDENCE_DIR=DIR runs them in DIR
-# instead of a fresh folder: on a copy of results/ the claims are checked against the
-# committed records without recomputing them (finished cells are skipped).
-@pytest.fixture(scope="session")
-def evidence_records(tmp_path_factory):
-    """``evidence_records(attacks, defenses) -> {(attack, defense): record}`` on the CIFAR-10 subset."""
+def cell_runner(results: Path):
+    """``run_cells(attacks, defenses, **spec_fields) -> {(attack, defense): record}``: the cells
+    of the `cpu` table on the CIFAR-10 subset, run (or, when finished, read) in ``results``.
+
+    Only the cells a claim reads are run: each attack under each defense and under none, and
+    the clean row under none; the clean row under a defense only when "clean" is among the
+    attacks (an LE or AT cell costs minutes). ``cells=[(attack, defense), ...]`` narrows the
+    grid to exactly those cells."""
     if not SHARED_CIFAR.exists():
         pytest.skip(f"needs the shared CIFAR-10 subset at {SHARED_CIFAR} (present on the project's machines)")
     from dataclasses import replace
@@ -64,15 +60,16 @@ def evidence_records(tmp_path_factory):
     from uebench.records import read_record
     from uebench.runner import CLEAN, NONE, RunSpec, make_plan, run
 
-    results = Path(os.environ.get("UEBENCH_EVIDENCE_DIR") or tmp_path_factory.mktemp("evidence"))
-
-    def run_cells(attacks: list[str], defenses: list[str], **spec_fields) -> dict[tuple[str, str], dict]:
+    def run_cells(attacks: list[str], defenses: list[str], cells: list[tuple[str, str]] | None = None,
+                  **spec_fields) -> dict[tuple[str, str], dict]:
         spec = RunSpec(attacks=[a for a in attacks if a != CLEAN], defenses=defenses,
                        dataset=f"npz:{SHARED_CIFAR}", preset="cpu", seeds=[0], results_dir=results,
                        progress=False, **spec_fields)
         plan = make_plan(spec)
 
         def wanted(cell) -> bool:
+            if cells is not None:
+                return (cell.attack.folder, cell.defense.folder) in cells
             return cell.attack.name != CLEAN or cell.defense.name == NONE or CLEAN in attacks
 
         plan = replace(plan, cells=[c for c in plan.cells if wanted(c)],
@@ -85,6 +82,21 @@ def evidence_records(tmp_path_factory):
         return records
 
     return run_cells
+
+
+# The slow evidence tests state claims about cells of the committed `cpu` table (8,000
+# protected images, 15 epochs of the small CNN, the methods' own `cpu` presets). They share
+# one results folder for the session, so the clean row and each poison set are computed once.
+# By default that folder is fresh and every cell is recomputed (about two hours on 2 cores).
+# UEBENCH_EVIDENCE_DIR=DIR uses DIR instead: on a copy of results/ the claims are checked
+# against the committed records (finished cells are read, missing ones computed). That is
+# what CI does, alongside tests/test_reproduce.py, which recomputes a chosen set of committed
+# cells from scratch and requires the same numbers.
+@pytest.fixture(scope="session")
+def evidence_records(tmp_path_factory):
+    """``evidence_records(attacks, defenses) -> {(attack, defense): record}`` on the CIFAR-10 subset."""
+    folder = os.environ.get("UEBENCH_EVIDENCE_DIR")
+    return cell_runner(Path(folder) if folder else tmp_path_factory.mktemp("evidence"))
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,7 @@ Published (ISS, Liu et al. 2023; APBench): grayscale undoes colour-based, low-fr
 poisons (EM, class-wise noise) but not TAP; JPEG-10 undoes TAP; PGD adversarial training
 recovers much of the accuracy EM takes. The cells are those of the committed `cpu` table
 (the ``evidence`` fixture: 8,000 protected images, 15 victim epochs of the small CNN, each
-method's own `cpu` preset), recomputed. "Wins back at least half" means
+method's own `cpu` preset), recomputed (or, in CI, read from a copy of results/; see conftest.py). "Wins back at least half" means
 acc(attack, defense) − acc(attack, none) ≥ ½ · (acc(clean, none) − acc(attack, none)).
 
 Measured (seed 0, committed table; clean 74.2 %): class-wise noise 56.0 → 69.9 with

@@ -1,7 +1,7 @@
 """Evidence on the CIFAR-10 subset (slow): EM, class-wise EM and REM make data unlearnable.
 
 The cells are those of the committed `cpu` table (the ``evidence`` fixture: 8,000 protected
-images, 15 victim epochs of the small CNN, each attack's own `cpu` preset), recomputed:
+images, 15 victim epochs of the small CNN, each attack's own `cpu` preset), recomputed (or, in CI, read from a copy of results/; see conftest.py):
 each attack must take at least 10 points of clean test accuracy off the clean row.
 Published (ResNet-18, full CIFAR-10): clean ≈ 94 %, EM ≈ 20 %, REM ≈ 17–25 %.
 

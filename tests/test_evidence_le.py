@@ -5,7 +5,7 @@ Published (Jiang et al. 2023; re-run by BridgePure 2025): LE-JCDP brings EM-pois
 CIFAR-10 from about 24 % back to about 91 %, above AVATAR's 88 %. The cells are those of
 the committed `cpu` table (the ``evidence`` fixture: 8,000 protected images; the `cpu`
 presets of LE and AVATAR: a tiny DDPM trained for 1,500 steps on the 2,000-image
-reference split, strided reverse chains; 15 victim epochs of the small CNN), recomputed.
+reference split, strided reverse chains; 15 victim epochs of the small CNN), recomputed (or, in CI, read from a copy of results/; see conftest.py).
 "Wins back at least half" means
 acc(attack, le) − acc(attack, none) ≥ ½ · (acc(clean, none) − acc(attack, none)).
 

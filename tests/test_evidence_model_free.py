@@ -1,7 +1,7 @@
 """Evidence on the CIFAR-10 subset: the model-free shortcuts make the data unlearnable.
 
 The cells are those of the committed `cpu` table (the ``evidence`` fixture: 8,000 protected
-images, 15 victim epochs of the small CNN), recomputed: the clean row and one no-defense
+images, 15 victim epochs of the small CNN), recomputed (or, in CI, read from a copy of results/; see conftest.py): the clean row and one no-defense
 cell per attack. LSP, AR and OPS must each cost the victim at least 10 points of clean
 test accuracy; uniform random noise in the L∞ ball, the control, must stay within 5
 points of the clean row.

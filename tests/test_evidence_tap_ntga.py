@@ -2,7 +2,7 @@
 
 The cells are those of the committed `cpu` table (the ``evidence_records`` fixture: 8,000
 protected images, 15 victim epochs of the small CNN, each attack's own `cpu` preset),
-recomputed. Published (ResNet-18, full CIFAR-10): clean ≈ 94 %, TAP ≈ 6–8 %, NTGA ≈ 23–42 %;
+recomputed (or, in CI, read from a copy of results/; see conftest.py). Published (ResNet-18, full CIFAR-10): clean ≈ 94 %, TAP ≈ 6–8 %, NTGA ≈ 23–42 %;
 at this scale we ask for at least 10 points below clean, and check that each attack did
 what it optimises on its own surrogate.
 """
