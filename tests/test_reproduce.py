@@ -6,7 +6,9 @@ copy of ``results/``, see conftest.py), because recomputing every cell they read
 two hours on 2 cores and CI has 90 minutes. This file closes the gap: it recomputes one
 cell of each kind the claims rest on, in a fresh folder, and requires the committed test
 accuracy. On the machine that wrote the records the numbers are bit-identical (same seed,
-same thread count); the tolerance leaves room for another CPU's kernels.
+same thread count). The tolerance, three points, is for a CPU with other kernels: a change in
+float rounding sends training down another trajectory, which moves a poisoned cell by about
+as much as another seed would; a broken attack, defense or preset moves it by far more.
 
 The cells (about 40 minutes on these 2 cores): the clean row, a model-free shortcut (LSP),
 class-wise noise, sample-wise EM (the poison every defense claim uses) under no defense,
@@ -27,7 +29,7 @@ from conftest import cell_runner
 pytestmark = pytest.mark.slow
 
 COMMITTED = Path(__file__).resolve().parents[1] / "results"
-TOLERANCE = 0.01          # one point of clean test accuracy (20 of the 2,000 test images)
+TOLERANCE = 0.03          # three points of clean test accuracy (60 of the 2,000 test images)
 
 CELLS = [                 # (attack, defense), each recomputed from scratch
     ("clean", "none"),
