@@ -19,12 +19,12 @@ tests/test_evidence_*.py`` without ``UEBENCH_EVIDENCE_DIR`` recomputes everythin
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from conftest import cell_runner
+from uebench.records import read_record
 
 pytestmark = pytest.mark.slow
 
@@ -52,9 +52,9 @@ def recomputed(tmp_path_factory):
 
 
 def committed_record(record: dict, attack: str, defense: str) -> dict | None:
+    """The committed record of the same cell, or None when it is missing or fails its checksum."""
     table = COMMITTED / record["table"]["dataset"]["name"] / record["table"]["id"]
-    path = table / attack / defense / f"seed{record['seed']}.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    return read_record(table / attack / defense / f"seed{record['seed']}.json")
 
 
 @pytest.mark.parametrize("attack,defense", CELLS, ids=[f"{a}-{d}" for a, d in CELLS])
@@ -62,7 +62,7 @@ def test_committed_cell_reproduces(recomputed, attack, defense):
     fresh = recomputed[(attack, defense)]
     committed = committed_record(fresh, attack, defense)
     assert committed is not None, (
-        f"no committed record for {attack} × {defense} in table {fresh['table']['id']}: the `cpu` "
+        f"no valid committed record for {attack} × {defense} in table {fresh['table']['id']}: the `cpu` "
         "preset's configuration changed since the table was committed (re-run the table)")
     assert fresh["attack"]["hparams"] == committed["attack"]["hparams"]
     assert fresh["defense"]["hparams"] == committed["defense"]["hparams"]
