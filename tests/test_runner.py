@@ -134,6 +134,27 @@ def test_grid_records_resume_and_force(tmp_path, plugin):
     assert _count(log, "generate") == 2          # the poison cache is keyed by content, so it is still valid
 
 
+def test_the_same_data_elsewhere_finds_the_same_table_and_caches(tmp_path, plugin):
+    """A clone in another folder (CI's, a colleague's) reads the committed records and the
+    cached poisons: the table id hashes the data's content, not the path it was read from."""
+    path, log = plugin
+    digits = load_dataset("digits")
+    arrays = dict(x_train=digits.x_train, y_train=digits.y_train, x_test=digits.x_test, y_test=digits.y_test)
+    for where in ("here", "there"):
+        (tmp_path / where).mkdir()
+        np.savez(tmp_path / where / "digits.npz", **arrays)
+    here = _spec(tmp_path, path, attacks="counting", defenses="none", dataset=f"npz:{tmp_path / 'here' / 'digits.npz'}")
+    there = _spec(tmp_path, path, attacks="counting", defenses="none", dataset=f"npz:{tmp_path / 'there' / 'digits.npz'}")
+    records = run(here)
+    assert records and all(r["status"] == "ok" for r in records)
+    assert records[0]["table"]["dataset"]["source"] == str((tmp_path / "here" / "digits.npz").resolve())
+
+    plan = make_plan(there)
+    assert plan.table_id == make_plan(here).table_id and plan.pending == []
+    assert run(_spec(tmp_path, path, attacks="counting", defenses="none", dataset=there.dataset, force=True))
+    assert _count(log, "generate") == 1          # the poison cache was found too
+
+
 def test_figure_rows_are_clean_unlearnable_and_the_defenses_preview(tmp_path, plugin):
     from PIL import Image
     path, log = plugin

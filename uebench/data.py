@@ -72,8 +72,9 @@ class Dataset:
         return len(self.classes)
 
     def identity(self) -> dict:
-        """What identifies this data in cache keys and records."""
-        return {"name": self.name, "source": self.source, "fingerprint": self.fingerprint,
+        """What identifies this data in table ids and cache keys: its content, never where it
+        was read from (a clone elsewhere, or CI, must find the same tables and caches)."""
+        return {"name": self.name, "fingerprint": self.fingerprint,
                 "n_train": len(self.y_train), "n_test": len(self.y_test), "shape": list(self.image_shape)}
 
 

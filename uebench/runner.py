@@ -467,7 +467,7 @@ def describe_cell(job: Job, cell: Cell, dataset: Dataset, splits: Splits) -> dic
     return {
         **provenance(),
         "table": {"id": job.table_dir.name, "preset": cfg.preset, "protocol": cfg.protocol, "model": cfg.model,
-                  "dataset": dataset.identity(), "train": cfg.train.as_dict(),
+                  "dataset": {**dataset.identity(), "source": dataset.source}, "train": cfg.train.as_dict(),
                   "split": {"n_protected": len(splits.protected), "n_reference": len(splits.reference),
                             "n_test": len(dataset.y_test), "split_seed": cfg.split_seed},
                   "contrastive": cfg.contrastive if cfg.protocol == "contrastive" else {}},
