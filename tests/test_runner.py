@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -151,7 +152,7 @@ def test_the_same_data_elsewhere_finds_the_same_table_and_caches(tmp_path, plugi
 
     plan = make_plan(there)
     assert plan.table_id == make_plan(here).table_id and plan.pending == []
-    assert run(_spec(tmp_path, path, attacks="counting", defenses="none", dataset=there.dataset, force=True))
+    assert run(replace(there, force=True))
     assert _count(log, "generate") == 1          # the poison cache was found too
 
 
