@@ -8,9 +8,10 @@ CIFAR-10, 1,000 SimCLR epochs): clean ≈ 91–92 %, class-wise UCL 68.0 %, samp
 
 Not reproduced yet at this scale (issue 6 stays open): measured (seed 0, committed table)
 clean 47.6 %, ucl-classwise 47.5 % after 30 SimCLR epochs of the small CNN (the poison:
-30 rounds of 10 encoder and 10 noise batches, 3.8 min; each cell 6.7 min). The test is
-marked as a strict expected failure, so it turns red the day the claim starts to hold and
-the mark must go.
+30 rounds of 10 encoder and 10 noise batches, 3.8 min; each cell 6.7 min). A longer
+poisoning does not help at this scale: five times the rounds (``-A ucl-classwise.epochs=150``,
+19.5 min) gave 50.1 %, above clean. The test is marked as a strict expected failure, so it
+turns red the day the claim starts to hold and the mark must go.
 """
 from __future__ import annotations
 
