@@ -6,7 +6,7 @@ The cells are those of the committed `cpu` contrastive table (the ``evidence`` f
 the `cpu` preset's epochs, then a linear probe), recomputed (or, in CI, read from a copy of results/; see conftest.py). Published (ResNet-18, full
 CIFAR-10, 1,000 SimCLR epochs): clean ≈ 91–92 %, class-wise UCL 68.0 %, sample-wise 44.9 %.
 
-Not reproduced yet at this scale (issue 6 stays open): measured (seed 0, committed table)
+Not reproduced yet at this scale (issue 6 is blocked on a GPU run): measured (seed 0, committed table)
 clean 47.6 %, ucl-classwise 47.5 % after 30 SimCLR epochs of the small CNN (the poison:
 30 rounds of 10 encoder and 10 noise batches, 3.8 min; each cell 6.7 min). A longer
 poisoning does not help at this scale: five times the rounds (``-A ucl-classwise.epochs=150``,
