@@ -113,6 +113,7 @@ def test_grid_records_resume_and_force(tmp_path, plugin):
         assert key in rec
     assert rec["table"]["train"]["epochs"] == 1 and rec["table"]["split"]["n_protected"] == 400
     assert 0.0 <= rec["metrics"]["test_acc"] <= 1.0
+    assert rec["device"] == "cpu" and rec["threads"] == torch.get_num_threads()   # set by the inline worker
 
     counting = [r for r in records if r["attack"]["name"] == "counting"][0]
     assert counting["attack"]["hparams"] == {"eps": pytest.approx(4 / 255), "overshoot": 1.0}
