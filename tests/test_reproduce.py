@@ -5,10 +5,12 @@ CI checks the evidence claims against the committed records (``UEBENCH_EVIDENCE_
 copy of ``results/``, see conftest.py), because recomputing every cell they read takes about
 two hours on 2 cores and CI has 90 minutes. This file closes the gap: it recomputes one
 cell of each kind the claims rest on, in a fresh folder, and requires the committed test
-accuracy. On the machine that wrote the records the numbers are bit-identical (same seed,
-same thread count). The tolerance, three points, is for a CPU with other kernels: a change in
-float rounding sends training down another trajectory, which moves a poisoned cell by about
-as much as another seed would; a broken attack, defense or preset moves it by far more.
+accuracy. Two runs on one machine at one thread count are bit-identical; the records were
+written in earlier sessions (other machines, older commits), and against them a rerun differs
+by 0.5-3 points (measured on 2026-11-30 for these eight cells). The tolerance, three points (twelve for EM under grayscale,
+see CELL_TOLERANCE), is for a CPU with other kernels: a change in float rounding sends training
+down another trajectory, which moves a poisoned cell by about as much as another seed would;
+a broken attack, defense or preset moves it by far more.
 
 The cells (about 40 minutes on these 2 cores): the clean row, a model-free shortcut (LSP),
 class-wise noise, sample-wise EM (the poison every defense claim uses) under no defense,
@@ -30,6 +32,11 @@ pytestmark = pytest.mark.slow
 
 COMMITTED = Path(__file__).resolve().parents[1] / "results"
 TOLERANCE = 0.03          # three points of clean test accuracy (60 of the 2,000 test images)
+# Sample-wise EM under grayscale sits between learning the poison and learning the images, and
+# any change of rounding tips it: seeds 0, 1, 2 gave 40.9, 53.1 and 35.1 (no defense: 21.3, 26.2,
+# 19.8), and seed 0 recomputed from scratch by a CI run gave 43.9. Twelve points fail a
+# grayscale that does nothing (the cell falls to EM's 20-26) or an EM that does nothing (68-70).
+CELL_TOLERANCE = {("em", "iss-gray"): 0.12}
 
 CELLS = [                 # (attack, defense), each recomputed from scratch
     ("clean", "none"),
@@ -67,5 +74,7 @@ def test_committed_cell_reproduces(recomputed, attack, defense):
     assert fresh["attack"]["hparams"] == committed["attack"]["hparams"]
     assert fresh["defense"]["hparams"] == committed["defense"]["hparams"]
     got, want = fresh["metrics"]["test_acc"], committed["metrics"]["test_acc"]
-    assert abs(got - want) <= TOLERANCE, (
-        f"{attack} × {defense}: recomputed {got:.4f}, committed {want:.4f} (tolerance {TOLERANCE})")
+    tolerance = CELL_TOLERANCE.get((attack, defense), TOLERANCE)
+    n_test = committed["metrics"]["n_test"]    # compared in whole test images, free of float rounding
+    assert abs(round(got * n_test) - round(want * n_test)) <= round(tolerance * n_test), (
+        f"{attack} × {defense}: recomputed {got:.4f}, committed {want:.4f} (tolerance {tolerance})")
