@@ -7,10 +7,10 @@ two hours on 2 cores and CI has 90 minutes. This file closes the gap: it recompu
 cell of each kind the claims rest on, in a fresh folder, and requires the committed test
 accuracy. Two runs on one machine at one thread count are bit-identical; the records were
 written in earlier sessions (other machines, older commits), and against them a rerun differs
-by 0.5-3 points (measured on 2026-11-30 for these eight cells). The tolerance, three points (twelve for EM under grayscale,
-see CELL_TOLERANCE), is for a CPU with other kernels: a change in float rounding sends training
-down another trajectory, which moves a poisoned cell by about as much as another seed would;
-a broken attack, defense or preset moves it by far more.
+by 0.5-3 points (measured on 2026-11-30 for these eight cells). The tolerance, three points
+(twelve for EM under grayscale, see CELL_TOLERANCE), is for a CPU with other kernels: a change
+in float rounding sends training down another trajectory, which moves a poisoned cell by about
+as much as another seed would; a broken attack, defense or preset moves it by far more.
 
 The cells (about 40 minutes on these 2 cores): the clean row, a model-free shortcut (LSP),
 class-wise noise, sample-wise EM (the poison every defense claim uses) under no defense,
