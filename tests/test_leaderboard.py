@@ -83,3 +83,21 @@ def test_corrupt_record_is_listed_not_counted(tmp_path):
 @pytest.mark.parametrize("empty", [True])
 def test_empty_results(tmp_path, empty):
     assert "No results yet" in leaderboard.render(tmp_path)
+
+
+def test_a_record_without_its_attack_is_reported_and_the_rest_rendered(tmp_path, capsys):
+    """A failed cell written before it knew its attack (old runs did) must not take the
+    leaderboard down: it is named on stderr and in the markdown, and the command exits 1."""
+    from uebench.cli import main
+    _write_fixture(tmp_path / "results")
+    bad = tmp_path / "results" / "npz-toy" / TABLE["id"] / "em" / "cutout" / "seed0.json"
+    write_record(bad, {"status": "failed", "error": "ValueError: bad eps", "metrics": {}, "table": TABLE})
+    text = leaderboard.render(tmp_path / "results")
+    em_row = next(line for line in text.splitlines() if line.startswith("| em "))
+    assert [c.strip() for c in em_row.split("|")[2:-1]] == ["L∞ 8/255", "21.0 ± 1.4", "**67.0 ± 1.4**", "failed"]
+    assert "`npz-toy/supervised-smallcnn-15ep-abc123/em/cutout/seed0.json`: lacks attack.folder" in text
+    out = tmp_path / "board.md"
+    assert main(["leaderboard", "--results-dir", str(tmp_path / "results"), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"corrupt record {bad}" in err and out.exists()
+    assert main(["leaderboard", "--results-dir", str(tmp_path / "results"), "--out", str(out), "--check"]) == 1

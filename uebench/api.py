@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
+import typing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -59,6 +61,74 @@ class ThreatModel:
 def hparams(method: Any) -> dict[str, Any]:
     """The hyperparameters of an attack or defense instance, as plain JSON values."""
     return {f.name: _plain(getattr(method, f.name)) for f in dataclasses.fields(method)}
+
+
+def typed_hparams(cls: type, given: dict[str, Any]) -> dict[str, Any]:
+    """``given`` hyperparameters converted to the types ``cls``'s fields declare (an int where
+    a float is declared becomes a float, 5.0 where an int is declared becomes 5).
+
+    Raises ValueError naming the field for a value of another type ("abc" for a float) or a
+    float that is not finite. Names that are not fields pass through (the constructor
+    rejects them). Ranges are the method's own business (its ``__post_init__``).
+    """
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception:            # a plugin with an annotation that does not resolve
+        hints = {}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    typed = {}
+    for name, value in given.items():
+        field = fields.get(name)
+        if field is None:
+            typed[name] = value
+            continue
+        default = field.default if field.default is not dataclasses.MISSING else None
+        typed[name] = _convert(name, value, hints.get(name, type(default) if default is not None else Any))
+    return typed
+
+
+def _convert(name: str, value: Any, hint: Any) -> Any:
+    """``value`` as type ``hint`` (float, int, bool, str, X | None, tuple[...], list[...])."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        first_error = None
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _convert(name, value, option)
+            except ValueError as err:
+                first_error = first_error or err
+        raise first_error or ValueError(f"{name}: cannot take {value!r}")
+    if origin in (tuple, list) or hint in (tuple, list):
+        items = value if isinstance(value, (tuple, list)) else (value,)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(items) != len(args):
+                raise ValueError(f"{name} must be {len(args)} values separated by commas, got {value!r}")
+            return tuple(_convert(name, v, a) for v, a in zip(items, args))
+        inner = args[0] if args else Any
+        return (origin or hint)(_convert(name, v, inner) for v in items)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{name} must be a whole number, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{name} must be a number (e.g. 0.5 or 8/255), got {value!r}")
+        value = float(value)
+    if hint is str:
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise ValueError(f"{name} must be text, got {value!r}")
+        return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value}")
+    return value
 
 
 def _plain(value: Any) -> Any:

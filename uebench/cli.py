@@ -211,7 +211,18 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def report_unreadable(results_dir: Path) -> int:
+    """Say on stderr which records the leaderboard left out; returns how many."""
+    from uebench import leaderboard
+    _, unreadable = leaderboard.collect(Path(results_dir))
+    for path, why in unreadable:
+        print(f"uebench: corrupt record {path} ({why}); re-run the command that made it to redo it",
+              file=sys.stderr)
+    return len(unreadable)
+
+
 def cmd_leaderboard(args: argparse.Namespace) -> int:
+    """Exit 1 when the markdown is out of date (--check) or any record is unreadable."""
     from uebench import leaderboard
     args.out = leaderboard_path(args.results_dir, args.out)
     if not Path(args.results_dir).is_dir():
@@ -222,6 +233,8 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         link = os.path.relpath(Path(args.results_dir).resolve(), Path(args.out).parent.resolve())
         expected = leaderboard.render(args.results_dir, results_link=Path(link).as_posix())
         current = Path(args.out).read_text() if Path(args.out).exists() else ""
+        if report_unreadable(args.results_dir):
+            return 1
         if current != expected:
             print(f"uebench: {args.out} is out of date; run 'uebench leaderboard' and commit it", file=sys.stderr)
             return 1
@@ -229,7 +242,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         return 0
     out = leaderboard.write(args.results_dir, args.out)
     print(f"uebench: leaderboard written to {out}", file=sys.stderr)
-    return 0
+    return 1 if report_unreadable(args.results_dir) else 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,7 +23,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from uebench.api import Attack, Defense, ThreatModel, hparams
+from uebench.api import Attack, Defense, ThreatModel, hparams, typed_hparams
 from uebench.budget import check_budget, declared_threat_model
 from uebench.context import Context, atomic_torch_save, content_key
 from uebench.data import Dataset, Splits, load_dataset, make_splits, to_tensor
@@ -131,13 +131,21 @@ def _names(spec: str | list[str]) -> str:
     return ",".join(spec) if isinstance(spec, (list, tuple)) else spec
 
 
+NOMINAL_SHAPE = (3, 32, 32)   # an image shape for checking that a threat model builds
+
+
 def configure(registry, name: str, preset: str, params: dict) -> Method:
-    """Instantiate a method with its preset's and the user's hyperparameters."""
+    """Instantiate a method with its preset's and the user's hyperparameters, checking the
+    user's values before any work: their types, finite floats, the method's own
+    ``__post_init__`` ranges and, for an attack, that its threat model builds (eps >= 0)."""
     cls = registry.get(name)
+    given = ", ".join(f"{k}={v!r}" for k, v in params.items())
     try:
-        instance = cls.for_preset(preset, **params)
+        instance = cls.for_preset(preset, **typed_hparams(cls, params))
+        if registry.kind == "attack":
+            declared_threat_model(instance, NOMINAL_SHAPE)
     except (TypeError, ValueError) as err:
-        raise UserError(f"bad hyperparameters for {registry.kind} {name}: {err}") from err
+        raise UserError(f"bad hyperparameters for {registry.kind} {name} ({given}): {err}") from err
     folder = name
     if params and hparams(instance) != hparams(cls.for_preset(preset)):
         folder = f"{name}@{content_key(hparams(instance))[:6]}"
@@ -393,7 +401,9 @@ def run_cell(job: Job, cell: Cell, upstream_error: str | None = None) -> dict:
     """Run one cell and write its record. Never raises: a failure becomes the record."""
     start = time.perf_counter()
     record: dict[str, Any] = {"status": "failed", "error": None, "metrics": {}, "budget": {}, "notes": {},
-                              "timing": {}}
+                              "timing": {}, "seed": cell.seed,   # who the cell is, even if describing it fails
+                              "attack": {"name": cell.attack.name, "folder": cell.attack.folder},
+                              "defense": {"name": cell.defense.name, "folder": cell.defense.folder}}
     path = cell.path(job.table_dir)
     try:
         _setup_worker(job)
