@@ -7,7 +7,7 @@ import torch
 
 from uebench.api import Attack, ThreatModel
 
-CHUNK = 512  # images per step of the search (the deviation tensor is 2^C × chunk × H × W)
+CHUNK = 512  # images per step of the search (the deviation tensor is 2^C × chunk × C × H × W, float64)
 
 
 @dataclass
@@ -16,8 +16,9 @@ class OPS(Attack):
 
     For each class k, search every pixel position p and every binary colour v ∈ {0, 1}^C
     for the one that deviates most, and most consistently, from the class's own pixels:
-    with d_i = mean over channels of |v − x_i[:, p]|, maximise mean_i(d_i) / std_i(d_i)
-    over the class's images i. Then set pixel p of every image of class k to v. Only one
+    with d = |v_c − x_i[c, p]| over every image i of the class *and* every channel c,
+    maximise mean(d) / std(d) (population std, both over the N_k·C values jointly, as the
+    official ``pixel_search`` does). Then set pixel p of every image of class k to v. Only one
     pixel position per image changes (L0 = 1), yet a network learns the pixel, not the
     image. No model is involved. Classes are searched in order, and a (position,
     colour) pair taken by an earlier class is excluded (as in the official code), so two
@@ -25,10 +26,10 @@ class OPS(Attack):
 
     Defaults (paper): one pixel (L0 = 1), binary colours.
 
+    Parity: ``tests/test_parity.py`` checks positions, colours, poisoned images and the
+    whole score table against the official code's output on 2,000 CIFAR-10 images.
+
     Deviations:
-      - The statistic is computed per image as the mean over channels, then mean and
-        (population) std over the class's images; the official code takes mean and std
-        over images and channels together.
       - Positions on non-square images are indexed row-major (the official code divides
         by the height for both coordinates, which is right only for square images).
       - The search is vectorised over positions, colours and classes (sums and sums of
@@ -55,7 +56,10 @@ class OPS(Attack):
 
     @staticmethod
     def scores(x: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
-        """The search criterion mean/std of d for every class, colour and position: (K, 2^C, H, W)."""
+        """The search criterion mean/std of d for every class, colour and position: (K, 2^C, H, W).
+
+        d runs over the class's images and channels jointly (N_k·C values per position).
+        """
         c, h, w = x.shape[1:]
         colours = all_colours(c).to(x)                                           # (2^C, C)
         total = torch.zeros(num_classes, len(colours), h, w, dtype=torch.float64, device=x.device)
@@ -64,11 +68,11 @@ class OPS(Attack):
             xb = x[start:start + CHUNK]
             yb = y[start:start + CHUNK].to(x.device)
             # d in float32 (the costly part), its sums in float64 (std = √(E d² − (E d)²) cancels)
-            dev = (colours[:, None, :, None, None] - xb[None]).abs_().mean(dim=2)   # (2^C, n, H, W)
-            dev = dev.transpose(0, 1).double()
-            total.index_add_(0, yb, dev)
-            total_sq.index_add_(0, yb, dev.square_())
-        count = torch.bincount(y.cpu(), minlength=num_classes).to(total)[:, None, None, None]
+            dev = (colours[:, None, :, None, None] - xb[None]).abs_().double()    # (2^C, n, C, H, W)
+            total.index_add_(0, yb, dev.sum(dim=2).transpose(0, 1))
+            total_sq.index_add_(0, yb, dev.square_().sum(dim=2).transpose(0, 1))
+        # every image contributes C values per position
+        count = c * torch.bincount(y.cpu(), minlength=num_classes).to(total)[:, None, None, None]
         mean = total / count.clamp_min(1)
         std = (total_sq / count.clamp_min(1) - mean.square()).clamp_min(0).sqrt()
         return mean / std.clamp_min(1e-12)

@@ -59,12 +59,16 @@ class _Squeeze(Defense):
 class Grayscale(_Squeeze):
     """ISS grayscale (Liu et al., ICML 2023): train on grayscale copies with 3 equal channels.
 
-    Removes colour-based, low-frequency shortcuts (EM, REM, class-wise noise). Luma is
-    ITU-R 601-2 (0.299 R + 0.587 G + 0.114 B), as PIL's ``convert("L")`` used by ISS.
+    Removes colour-based, low-frequency shortcuts (EM, REM, class-wise noise). As in ISS and
+    APBench (torchvision's ``Grayscale(3)`` on PIL images), the image is first a uint8 image
+    and its luma is Pillow's fixed-point ITU-R 601-2 conversion,
+    (19595 R + 38470 G + 7471 B + 2^15) >> 16, so the output is uint8 too.
     1-channel images are already gray and pass unchanged.
 
     Defaults: none to set.
-    Deviations: none.
+    Parity: exact against APBench's output (``tests/test_parity.py``).
+    Deviations: none. (Float luma, torchvision's tensor path, differs by 1/255 on about half
+    of the pixels.)
     """
 
     name = "iss-gray"
@@ -74,10 +78,12 @@ class Grayscale(_Squeeze):
     def squeeze(self, x):
         if x.shape[1] == 1:
             return x
-        return TF.rgb_to_grayscale(x, num_output_channels=x.shape[1])
+        r, g, b = to_uint8(x).int().unbind(1)
+        luma = (19595 * r + 38470 * g + 7471 * b + 32768) >> 16        # Pillow's convert("L")
+        return (luma.to(x.dtype) / 255)[:, None].expand(-1, x.shape[1], -1, -1).contiguous()
 
     def describe_squeeze(self):
-        return "ITU-R 601-2 grayscale, replicated to every channel"
+        return "ITU-R 601-2 grayscale of the uint8 image (Pillow's fixed point), replicated to every channel"
 
 
 @dataclass
@@ -109,13 +115,16 @@ class JPEG(_Squeeze):
 
 @dataclass
 class BitDepthReduction(_Squeeze):
-    """Bit-depth reduction (Xu et al., feature squeezing, NDSS 2018), as used by APBench.
+    """Bit-depth reduction (Xu et al., feature squeezing, NDSS 2018), as used by APBench and ISS.
 
-    Each pixel is rounded to the nearest of 2^bits evenly spaced levels in [0, 1]
-    (``round(x·(2^b − 1)) / (2^b − 1)``), so black and white stay black and white.
+    Posterize: every uint8 channel value keeps its top ``bits`` bits (torchvision's
+    ``RandomPosterize(bits=2, p=1)`` in APBench), so 2 bits give the levels 0, 64, 128 and
+    192: white becomes 192/255 and images darken by about 32/255 on average.
 
-    Defaults: 2 bits, i.e. 4 levels (APBench).
-    Deviations: none (posterize, which keeps the top bits, would darken images instead).
+    Defaults: 2 bits (APBench).
+    Parity: exact against APBench's output (``tests/test_parity.py``).
+    Deviations: none. (Feature squeezing's paper rounds to evenly spaced levels 0/85/170/255
+    instead; that variant is not the column APBench reports.)
     """
 
     name = "bdr"
@@ -128,11 +137,11 @@ class BitDepthReduction(_Squeeze):
             raise ValueError(f"bits must lie in 1..8, got {self.bits}")
 
     def squeeze(self, x):
-        levels = 2 ** self.bits - 1
-        return torch.round(x * levels) / levels
+        mask = 256 - 2 ** (8 - self.bits)                                   # 2 bits: 0b11000000
+        return (to_uint8(x) & mask).to(x.dtype) / 255
 
     def describe_squeeze(self):
-        return f"{self.bits}-bit depth ({2 ** self.bits} levels)"
+        return f"posterize to the top {self.bits} bits of each uint8 value"
 
 
 @dataclass
@@ -170,8 +179,10 @@ class MedianFilter(_Squeeze):
     Removes isolated impulses (e.g. OPS's one-pixel shortcut) while keeping edges.
 
     Defaults: kernel 3.
-    Deviations: the image is reflect-padded first, because kornia pads with zeros and a
-    3×3 median would then turn every corner pixel black.
+    The border is replicated (as OpenCV's ``cv2.medianBlur``, which the APBench and ISS
+    code use); kornia alone would pad with zeros and turn every corner pixel black.
+
+    Deviations: none.
     """
 
     name = "median"
@@ -185,7 +196,7 @@ class MedianFilter(_Squeeze):
 
     def squeeze(self, x):
         r = self.kernel_size // 2
-        padded = F.pad(x, (r, r, r, r), mode="reflect")
+        padded = F.pad(x, (r, r, r, r), mode="replicate")
         filtered = kornia.filters.median_blur(padded, (self.kernel_size, self.kernel_size))
         return filtered[..., r:padded.shape[-2] - r, r:padded.shape[-1] - r]
 

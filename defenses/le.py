@@ -31,7 +31,7 @@ class LE(DiffusionPurification):
     x̂0 = clip(√(1/ᾱ_t) x_t − √(1/ᾱ_t − 1) ε_θ), μ = c1 x̂0 + c2 x_t,
     μ′ = μ + σ_t² s_t ∇_{x_t} G(x_t, x_ue,t), x_{t−1} = μ′ + σ_t z (no noise at t = 0),
     with x_ue,t = √ᾱ_t x_ue + √(1 − ᾱ_t) ε drawn afresh at every step and
-    G = −Σ_images d(x_t, x_ue,t): d is the pixel MSE for the noisy steps t > ``switch_step``
+    G = −(1/``guidance_batch``)·Σ_images d(x_t, x_ue,t): d is the pixel MSE for the noisy steps t > ``switch_step``
     and the perceptual distance for t ≤ ``switch_step`` (LPIPS-AlexNet, or the offline
     stand-in of :mod:`uebench.perceptual`; which one is in ``ctx.notes["perceptual"]``).
     The guidance scale s_t = √(1 − ᾱ_t) / (m √ᾱ_t) with m = 2·``budget`` / (3·``guidance_scale``)
@@ -42,11 +42,17 @@ class LE(DiffusionPurification):
     guidance scale 70000, budget 8/255, batch 500, the DDPM CIFAR-10 network
     (``ddpm-cifar``). ``stride > 1`` reverses over every stride-th step (CPU presets).
 
+    Guidance strength: the official code averages MSE and LPIPS over its whole batch of
+    500 (``F.mse_loss`` with mean reduction, ``bsize: 500``), so each image is pulled with
+    1/500 of the gradient of its own distance. We compute the distance per image and
+    divide by ``guidance_batch`` = 500, which gives every image exactly the official pull
+    (``tests/test_diffusion_le.py`` checks it against the batch-mean gradient at batch 500)
+    whatever batch size we run, instead of a pull that shrinks with the batch.
+    ``guidance_batch = 1`` is the per-image strength of the official formula read without
+    the batch mean (500 times stronger; uebench's default before 2026-12): measured on the
+    `cpu` table it keeps more of the poison (see the README).
+
     Deviations:
-    - Distances are per image and summed over the batch, so each image's guidance is
-      independent of the batch size. The official code averages MSE and LPIPS over the
-      whole batch, so its guidance shrinks with the batch (at its batch of 500 it is
-      1/500 of ours, close to unguided); ours equals the official one at batch size 1.
     - Consistent steps: the image is noised to ᾱ_{t*} and denoising starts at model step t*
       (t*, ..., 0: t* + 1 steps). The official code noises to ᾱ_20 and denoises from
       model step 19.
@@ -80,6 +86,7 @@ class LE(DiffusionPurification):
     passes: int = 4
     switch_step: int = 10              # perceptual distance for t <= switch_step, MSE above
     guidance_scale: float = 70000.0
+    guidance_batch: int = 500          # the official batch the distances are averaged over
     budget: float = 8 / 255            # L∞ budget of the perturbations, [0, 1] scale
     perceptual: str = "auto"           # auto | lpips | reference
     perceptual_arch: str = "smallcnn"  # the stand-in's classifier
@@ -87,8 +94,8 @@ class LE(DiffusionPurification):
     def __post_init__(self):
         if self.passes < 1 or self.t_star < 0:
             raise ValueError(f"need passes >= 1 and t_star >= 0, got {self.passes}, {self.t_star}")
-        if self.guidance_scale < 0 or self.budget <= 0:
-            raise ValueError("guidance_scale must be >= 0 and budget > 0")
+        if self.guidance_scale < 0 or self.budget <= 0 or self.guidance_batch < 1:
+            raise ValueError("guidance_scale must be >= 0, budget > 0 and guidance_batch >= 1")
 
     @property
     def m(self) -> float:
@@ -139,7 +146,8 @@ class LE(DiffusionPurification):
                     distance = state.distance(current, target)
                 # per-pixel pull as on 32×32×3 images, whatever the size (1 on CIFAR)
                 size_factor = current[0].numel() / CALIBRATED_VALUES
-                grad, = torch.autograd.grad(-distance.sum() * size_factor, x_in)
+                # each image's share of the official mean over a batch of guidance_batch
+                grad, = torch.autograd.grad(-distance.sum() * size_factor / self.guidance_batch, x_in)
             a = model.alphas_cumprod[t].item()
             return math.sqrt(1 - a) / (self.m * math.sqrt(a)) * grad
 

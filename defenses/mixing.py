@@ -1,10 +1,10 @@
 """Mixing augmentations: Cutout, Mixup and CutMix, applied to every training batch on the device.
 
 All three change supervised training (CutMix and Mixup train on soft labels), so they
-apply to the supervised protocol only. Mixup and CutMix use torchvision.transforms.v2,
-which draws one mixing coefficient λ (and, for CutMix, one box) per batch and pairs each
-image with its neighbour in the already shuffled batch; the papers' reference code does
-the same (one λ per batch, a shuffled partner).
+apply to the supervised protocol only. Mixup and CutMix use kornia's batch augmentations
+``RandomMixUpV2`` and ``RandomCutMixV2`` with their defaults, exactly as APBench's
+``train.py`` does: every image gets its own λ (and, for CutMix, its own box, always inside
+the image) and a random partner from the batch.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from torchvision.transforms import v2
+import kornia.augmentation as K
 
 from uebench.api import Defense
 
@@ -61,7 +61,12 @@ class Cutout(Defense):
 
 @dataclass
 class _SoftLabelMixing(Defense):
-    """Shared by Mixup and CutMix: one-hot labels, then a torchvision v2 batch transform."""
+    """Shared by Mixup and CutMix: a kornia mixing augmentation, its labels made soft.
+
+    kornia returns, per image, (label, partner's label, λ); the loss APBench trains with,
+    (1 − λ)·CE(label) + λ·CE(partner's label), equals the cross-entropy with the soft label
+    (1 − λ)·onehot(label) + λ·onehot(partner's label), which is what the trainer uses.
+    """
 
     protocols: ClassVar[tuple[str, ...]] = ("supervised",)
 
@@ -69,7 +74,7 @@ class _SoftLabelMixing(Defense):
         self._num_classes: int | None = None
         self._mix = self.make_transform()
 
-    def make_transform(self) -> v2.Transform:
+    def make_transform(self) -> K.AugmentationBase2D:
         raise NotImplementedError
 
     def fit(self, x, y, reference, ctx):
@@ -77,43 +82,53 @@ class _SoftLabelMixing(Defense):
         return super().fit(x, y, reference, ctx)
 
     def augment(self, x, y):
-        if y.ndim == 1:
-            if self._num_classes is None:
-                raise RuntimeError(f"{type(self).__name__}.augment needs (N, K) soft labels or a "
-                                   "preceding fit() that tells it the number of classes")
-            y = F.one_hot(y, self._num_classes).float()
-        return self._mix(x, y)
+        if y.ndim != 1:
+            raise ValueError(f"{type(self).__name__}.augment mixes integer labels, got shape {tuple(y.shape)}")
+        if self._num_classes is None:
+            raise RuntimeError(f"{type(self).__name__}.augment needs a preceding fit() that tells it "
+                               "the number of classes")
+        mixed, labels = self._mix(x, y)
+        labels = labels.reshape(len(x), 3)                   # CutMix adds a leading num_mix axis
+        own, partner, lam = labels[:, 0].long(), labels[:, 1].long(), labels[:, 2:].to(x.dtype)
+        soft = (1 - lam) * F.one_hot(own, self._num_classes) + lam * F.one_hot(partner, self._num_classes)
+        return mixed, soft
 
 
 @dataclass
 class Mixup(_SoftLabelMixing):
     """Mixup (Zhang et al., ICLR 2018): train on convex combinations of image pairs and labels.
 
-    λ ~ Beta(α, α); x̃ = λ·x_i + (1 − λ)·x_j, ỹ = λ·y_i + (1 − λ)·y_j, with j the
-    neighbour of i in the shuffled batch; soft-label cross-entropy.
+    Per image i: a random partner j from the batch and λ_i ~ U(0, 1) (Beta(1, 1));
+    x̃_i = (1 − λ_i)·x_i + λ_i·x_j, ỹ_i = (1 − λ_i)·y_i + λ_i·y_j; soft-label
+    cross-entropy. kornia's ``RandomMixUpV2`` with its defaults, as in APBench.
 
-    Defaults: α = 1 (APBench).
-    Deviations: none (one λ per batch, as in the paper's code).
+    Defaults (APBench): λ uniform on ``lambda_range`` = (0, 1).
+    Deviations: none.
     """
 
     name = "mixup"
     paper = "Zhang et al., mixup: Beyond Empirical Risk Minimization, ICLR"
     year = 2018
-    alpha: float = 1.0
+    lambda_range: tuple[float, float] = (0.0, 1.0)
 
     def make_transform(self):
-        return v2.MixUp(alpha=self.alpha)
+        low, high = self.lambda_range
+        if not 0 <= low <= high <= 1:
+            raise ValueError(f"lambda_range must satisfy 0 <= low <= high <= 1, got {self.lambda_range}")
+        return K.RandomMixUpV2(lambda_val=(float(low), float(high)), data_keys=["input", "class"])
 
 
 @dataclass
 class CutMix(_SoftLabelMixing):
-    """CutMix (Yun et al., ICCV 2019): paste a box from the partner image, mix labels by area.
+    """CutMix (Yun et al., ICCV 2019): paste a box from a partner image, mix the labels.
 
-    λ ~ Beta(β, β) sets the box area 1 − λ; the box centre is uniform and the box is
-    clipped at the border, and the label weight is corrected to the pasted area.
+    Per image: a random partner from the batch and a box whose area share is drawn from
+    Beta(β, β), placed so that it lies wholly inside the image (mean pasted share about
+    0.48 on 32×32 images); kornia's ``RandomCutMixV2`` with its defaults, as in APBench.
 
-    Defaults: β = 1 (APBench).
-    Deviations: none (one box per batch, as in the paper's code).
+    Defaults (APBench): β = 1.
+    Deviations: none. The label weight is kornia's default λ (its ``use_correct_lambda=False``,
+    the behaviour APBench trained with), not the rounded box's exact area.
     """
 
     name = "cutmix"
@@ -122,4 +137,9 @@ class CutMix(_SoftLabelMixing):
     beta: float = 1.0
 
     def make_transform(self):
-        return v2.CutMix(alpha=self.beta)
+        if not self.beta > 0:
+            raise ValueError(f"beta must be > 0, got {self.beta}")
+        import warnings
+        with warnings.catch_warnings():   # kornia announces a future change of this default
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return K.RandomCutMixV2(beta=float(self.beta), data_keys=["input", "class"])

@@ -173,8 +173,9 @@ def test_ops_scores_match_a_direct_computation():
     scores = OPS.scores(x, y, 3)                                   # (3, 4, 4, 4)
     for k in range(3):
         for v, colour in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
-            d = (torch.tensor(colour, dtype=torch.float32)[None, :, None, None] - x[y == k]).abs().mean(1)
-            expected = d.mean(0) / d.std(0, unbiased=False)
+            # d over the class's images and channels jointly, as the official pixel_search
+            d = (torch.tensor(colour, dtype=torch.float32)[None, :, None, None] - x[y == k]).abs()
+            expected = d.mean((0, 1)) / d.std((0, 1), unbiased=False)
             torch.testing.assert_close(scores[k, v].float(), expected, rtol=1e-4, atol=1e-4)
 
 

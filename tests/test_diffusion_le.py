@@ -172,9 +172,11 @@ def test_purify_keeps_shape_and_range(defense, shape, ctx):
 def test_guidance_pulls_the_sample_towards_the_unlearnable_example(tiny, reference, ctx):
     """Same seed, same noise: the pixel (MSE) guidance leaves the output closer to x_ue in
     MSE than no guidance, the more so the larger the scale; the perceptual guidance
-    leaves it closer in the perceptual distance."""
+    leaves it closer in the perceptual distance. (The per-image strength, guidance_batch=1,
+    so that a barely trained model shows the mechanics clearly.)"""
     x, y = tiny[0][:16], tiny[1][:16]
-    purified = lambda **kw: LE(**FAST, stride=1, passes=1, **kw).purify(x, y, reference, replace(ctx, notes={}))
+    purified = lambda **kw: LE(**FAST, stride=1, passes=1, guidance_batch=1, **kw).purify(
+        x, y, reference, replace(ctx, notes={}))
     unguided = purified(guidance_scale=0.0)
     mse = lambda out: (out - x).pow(2).mean().item()
     pixel_guided = purified(switch_step=-1)                      # MSE at every step
@@ -214,6 +216,33 @@ def test_guidance_pulls_each_pixel_as_hard_at_any_image_size():
         pulls.append(guide(torch.zeros_like(x_ue), 15).mean().item())
     assert pulls[1] > 0
     assert pulls[0] == pytest.approx(pulls[1], rel=0.05)
+
+
+@pytest.mark.parametrize("batch", [500, 3])
+def test_guidance_of_each_image_equals_the_official_batch_mean_at_batch_500(batch):
+    """The official code pulls with the gradient of F.mse_loss (a mean over its batch of
+    500); ours gives every image that same pull, at any batch size we run."""
+    import math
+
+    import torch.nn.functional as F
+
+    from uebench.defenses.le import Guidance
+    model, le, t = random_model(3, 32), LE(**FAST), 15                    # t > 10: the MSE steps
+    g = torch.Generator().manual_seed(0)
+    x_ue, x_t = (torch.rand(batch, 3, 32, 32, generator=g) * 2 - 1 for _ in range(2))
+    ours = le.guide_towards(model, x_ue, Guidance(None, torch.Generator().manual_seed(1)))(x_t, t)
+    target = model.crop(model.q_sample(x_ue, t, torch.randn(x_ue.shape, generator=torch.Generator().manual_seed(1))))
+    x_in = x_t.clone().requires_grad_(True)
+    if batch == 500:
+        loss = F.mse_loss(model.crop(x_in), target)                        # the official line
+    else:   # these images' terms of the official mean over 500 images
+        loss = F.mse_loss(model.crop(x_in), target, reduction="sum") / (500 * 3 * 32 * 32)
+    official, = torch.autograd.grad(-loss, x_in)
+    a = model.alphas_cumprod[t].item()
+    official = math.sqrt(1 - a) / (le.m * math.sqrt(a)) * official
+    torch.testing.assert_close(ours, official, rtol=1e-5, atol=1e-9)
+    strong = LE(**FAST, guidance_batch=1).guide_towards(model, x_ue, Guidance(None, torch.Generator().manual_seed(1)))
+    torch.testing.assert_close(strong(x_t, t), 500 * official, rtol=1e-5, atol=1e-7)
 
 
 def test_per_image_guidance_does_not_depend_on_the_batch(reference, ctx):
