@@ -25,6 +25,9 @@ class LSP(Attack):
     budget depends on the image size, so ``threat_model`` takes ``image_shape``.
 
     Deviations:
+      - The poison stays in floats, as every poison here (the budget is checked on it);
+        the official export truncates (x + δ)·255 to uint8, which shifts every image by
+        −0.49/255 on average and can exceed the L2 budget by rounding. Not matched.
       - ``classwise=True`` (not in the paper) gives every image of a class the same
         point, the class's first; the default keeps the paper's one point per image.
       - Points are drawn per class as many as the largest class needs, so imbalanced

@@ -89,13 +89,14 @@ class REM(Attack):
                    steps=self.adv_steps, descend=False)
 
     def robust_noise(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, pad: int,
-                     generator: torch.Generator) -> torch.Tensor:
-        """The min over δu for one batch, with the model as it is (call in eval mode)."""
+                     generator: torch.Generator, fill: str = "reflect") -> torch.Tensor:
+        """The min over δu for one batch, with the model as it is (call in eval mode);
+        crops pad by ``pad`` px with ``fill`` (the table's recipe)."""
         delta = project_linf(uniform_start(x, self.eps, generator), x, self.eps)
         labels = y.repeat(self.eot_samples)
         for _ in range(self.steps):
             delta.requires_grad_(True)
-            views = augmented_copies(x + delta, self.eot_samples, pad, generator)
+            views = augmented_copies(x + delta, self.eot_samples, pad, generator, fill)
             adv = self.adversary(model, views.detach(), labels, generator)
             # Gradient of the inner max taken at its maximiser (Danskin), carried back to
             # δu through the transformation.
@@ -122,8 +123,8 @@ class REM(Attack):
             idx = next(train_batches)
             xb, yb = x[idx], y[idx]
             model.eval()   # crafting uses BatchNorm in inference mode, as the official code
-            delta = self.robust_noise(model, xb, yb, pad, generator)
-            view = augmented_copies(xb + delta, 1, pad, generator)
+            delta = self.robust_noise(model, xb, yb, pad, generator, ctx.train.crop_fill)
+            view = augmented_copies(xb + delta, 1, pad, generator, ctx.train.crop_fill)
             adv = self.adversary(model, view, yb, generator)
             model.train()
             with autocast(device):
@@ -141,7 +142,7 @@ class REM(Attack):
         model.eval()   # final regeneration of every image's noise with the final model
         noise = torch.empty_like(x)
         for batch in ctx.pbar(batches(len(x), self.batch_size), desc=f"{self.name} regenerate"):
-            noise[batch] = self.robust_noise(model, x[batch], y[batch], pad, generator)
+            noise[batch] = self.robust_noise(model, x[batch], y[batch], pad, generator, ctx.train.crop_fill)
         poisoned = (x + noise).clamp(0, 1)
         ctx.notes.update({
             "rem_steps": self.train_steps,

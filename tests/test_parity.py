@@ -143,3 +143,30 @@ def test_ar_poison_on_cifar_is_cancelled_by_each_class_filter():
     assert own.max() < 1e-5
     assert (response.sort(dim=1).values[:, 1] > 100 * own.clamp_min(1e-9)).all()
     np.testing.assert_allclose(delta.flatten(1).norm(dim=1).numpy(), 1.0, rtol=1e-4)
+
+
+# -- the training crop -------------------------------------------------------------------
+
+def test_paper_preset_crops_with_zero_padding_as_apbench():
+    """torchvision's RandomCrop(32, padding=4) (APBench, official EM/REM/TAP) pads with zeros."""
+    from uebench.presets import table_config
+    from uebench.train import random_crop_flip
+    assert table_config("paper").train.crop_fill == "zeros"
+    assert table_config("cpu").train.crop_fill == "reflect"          # the committed table, said in its header
+    x = torch.ones(64, 3, 8, 8)
+    zeros = random_crop_flip(x, 2, False, torch.Generator().manual_seed(0), fill="zeros")
+    reflect = random_crop_flip(x, 2, False, torch.Generator().manual_seed(0), fill="reflect")
+    assert (zeros == 0).any() and torch.equal(reflect, x)
+
+
+def test_the_crop_fill_field_leaves_the_committed_table_id_as_it_was():
+    from uebench.data import load_dataset
+    from uebench.presets import table_config
+    from uebench.runner import table_identity
+    if not SUBSET.exists():
+        pytest.skip(f"needs the shared CIFAR-10 subset at {SUBSET}")
+    cfg = table_config("cpu", dataset=f"npz:{SUBSET}")
+    dataset = load_dataset(cfg.dataset, train_subset=cfg.train_subset, test_subset=cfg.test_subset)
+    assert table_identity(cfg, dataset)[0] == "supervised-smallcnn-15ep-a99dd5"
+    zero = table_config("cpu", dataset=f"npz:{SUBSET}", crop_fill="zeros")
+    assert table_identity(zero, dataset)[0] != "supervised-smallcnn-15ep-a99dd5"

@@ -95,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
                        ("--test-subset", int)]:
         run.add_argument(flag, type=kind, help="override the preset's value")
     run.add_argument("--schedule", help="onecycle | cosine | multistep")
+    run.add_argument("--crop-fill", help="what the training crop pads with: zeros | reflect")
     run.add_argument("-A", "--attack-param", action="append", default=[], metavar="ATTACK.NAME=VALUE",
                      help="override an attack hyperparameter, e.g. -A em.rounds=5 -A tap.eps=16/255")
     run.add_argument("-D", "--defense-param", action="append", default=[], metavar="DEFENSE.NAME=VALUE",
@@ -136,7 +137,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     args.leaderboard = leaderboard_path(args.results_dir, args.leaderboard)
     overrides = {k: getattr(args, k) for k in ("model", "protocol", "epochs", "batch_size", "lr", "weight_decay",
                                                 "n_reference", "n_protected", "train_subset", "test_subset",
-                                                "schedule") if getattr(args, k) is not None}
+                                                "schedule", "crop_fill") if getattr(args, k) is not None}
     spec = RunSpec(attacks=args.attacks, defenses=args.defenses, preset=args.preset, dataset=args.dataset,
                    seeds=parse_seeds(args.seeds) if args.seeds else None, overrides=overrides,
                    attack_params=parse_params(args.attack_param, "-A"),

@@ -114,7 +114,7 @@ def render_table(records: list[dict], results_link: str = "../results") -> str:
         title = f"{t['epochs']} epochs"
         protocol = (f"supervised; victim `{table['model']}` trained {t['epochs']} epochs, SGD lr {t['lr']} "
                     f"({t['schedule']}), momentum {t['momentum']}{' Nesterov' if t['nesterov'] else ''}, weight decay "
-                    f"{t['weight_decay']}, batch {t['batch_size']}, random crop (pad {t['crop_pad']} at 32 px) + flip; "
+                    f"{t['weight_decay']}, batch {t['batch_size']}, random crop (pad {t['crop_pad']} at 32 px, {t.get('crop_fill', 'reflect')} padding) + flip; "
                     f"preset `{table['preset']}`.")
     lines = [
         f"## {ds['name']} · {table['protocol']} · {table['model']} · {title} (`{table['id']}`)",

@@ -72,15 +72,15 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, delta: torch.Tensor,
 
 
 def augmented_copies(x: torch.Tensor, copies: int, pad: int,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
+                     generator: torch.Generator | None = None, fill: str = "reflect") -> torch.Tensor:
     """``copies`` random crop+flip views of each image, stacked as (copies·N, C, H, W).
 
-    Uses the shared trainer's crop (translation by up to ``pad`` px, reflect padding) and
+    Uses the shared trainer's crop (translation by up to ``pad`` px, ``fill`` padding) and
     flip, so the expectation is over the transformations the victim actually trains with.
     Built from pad, gather and where, it is differentiable with respect to ``x``. Copy
     ``k`` of image ``i`` is row ``k·N + i`` (labels: ``y.repeat(copies)``).
     """
-    return random_crop_flip(x.repeat(copies, 1, 1, 1), pad, flip=True, generator=generator)
+    return random_crop_flip(x.repeat(copies, 1, 1, 1), pad, flip=True, generator=generator, fill=fill)
 
 
 def batches(n: int, batch_size: int, generator: torch.Generator | None = None):

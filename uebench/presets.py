@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from uebench.registry import UserError
-from uebench.train import TrainConfig
+from uebench.train import CROP_FILLS, TrainConfig
 
 
 @dataclass
@@ -45,10 +45,12 @@ PRESETS: dict[str, dict[str, Any]] = {
                 n_reference=2_000, train=dict(epochs=15, batch_size=128, lr=0.1),
                 contrastive=dict(epochs=30, batch_size=256, probe_epochs=30)),
     # the published protocol (Huang et al. 2021; Liu et al. 2023): full CIFAR-10, ResNet-18,
-    # 60 epochs of SGD 0.1 (momentum 0.9, wd 5e-4, cosine), batch 128, crop + flip; GPU.
+    # 60 epochs of SGD 0.1 (momentum 0.9, wd 5e-4, cosine), batch 128, crop (zero padding,
+    # torchvision's RandomCrop(32, padding=4) as APBench) + flip; GPU.
     # 10,000 of the 50,000 training images are the clean reference split (as in BridgePure).
     "paper": dict(dataset="cifar10", model="resnet18", seeds=(0, 1, 2), n_reference=10_000,
-                  train=dict(epochs=60, batch_size=128, lr=0.1, nesterov=False, schedule="cosine"),
+                  train=dict(epochs=60, batch_size=128, lr=0.1, nesterov=False, schedule="cosine",
+                             crop_fill="zeros"),
                   contrastive=dict()),
 }
 
@@ -88,6 +90,7 @@ def validate(cfg: TableConfig) -> None:
         (t.batch_size >= 1, f"--batch-size must be >= 1, got {t.batch_size}"),
         (t.lr > 0, f"--lr must be > 0, got {t.lr}"),
         (t.schedule in ("onecycle", "cosine", "multistep"), f"--schedule must be onecycle, cosine or multistep"),
+        (t.crop_fill in CROP_FILLS, f"--crop-fill must be {' or '.join(CROP_FILLS)}, got {t.crop_fill!r}"),
         (len(cfg.seeds) >= 1, "give at least one seed"),
         (cfg.protocol in ("supervised", "contrastive"), f"--protocol must be supervised or contrastive"),
         (cfg.n_reference >= 0, f"--n-reference must be >= 0, got {cfg.n_reference}"),

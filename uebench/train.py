@@ -32,17 +32,30 @@ class TrainConfig:
     crop_pad: int = 4            # random-crop padding on 32 px images, scaled with image size
     flip: bool = True
     amp: bool = True             # bf16 autocast on CUDA; ignored on CPU
+    # what the crop pads with: zeros (torchvision's RandomCrop(32, padding=4), as APBench and
+    # the official EM, REM and TAP code) or reflect (the `cpu` table, made before this field)
+    crop_fill: str = "reflect"
 
     def as_dict(self) -> dict:
-        return asdict(self) | {"milestones": list(self.milestones)}
+        """The recipe, as records and table ids store it. A field added after the first
+        tables were written is left out while it has the value those tables used, so their
+        ids (a hash of this dict) stay the same: no ``crop_fill`` means reflect."""
+        recipe = asdict(self) | {"milestones": list(self.milestones)}
+        if recipe["crop_fill"] == "reflect":
+            del recipe["crop_fill"]
+        return recipe
 
 
-def random_crop_flip(x: torch.Tensor, pad: int, flip: bool, generator: torch.Generator | None = None
-                     ) -> torch.Tensor:
-    """Random translation by up to ``pad`` pixels (reflect padding) and horizontal flip, batched."""
+CROP_FILLS = {"zeros": "constant", "reflect": "reflect"}   # crop_fill -> torch's padding mode
+
+
+def random_crop_flip(x: torch.Tensor, pad: int, flip: bool, generator: torch.Generator | None = None,
+                     fill: str = "reflect") -> torch.Tensor:
+    """Random translation by up to ``pad`` pixels (``fill``: zeros or reflect padding) and
+    horizontal flip, batched."""
     n, _, h, w = x.shape
     if pad > 0:
-        padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+        padded = F.pad(x, (pad, pad, pad, pad), mode=CROP_FILLS[fill])
         dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device="cpu").to(x.device)
         dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device="cpu").to(x.device)
         rows = (dy[:, None] + torch.arange(h, device=x.device)[None])            # (n, h)
@@ -105,7 +118,7 @@ def train_supervised(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: Tr
         order = torch.randperm(len(x), generator=gen).to(device)
         for i in range(0, len(x), cfg.batch_size):
             idx = order[i:i + cfg.batch_size]
-            xb = random_crop_flip(x[idx], pad, cfg.flip, gen).contiguous(memory_format=torch.channels_last)
+            xb = random_crop_flip(x[idx], pad, cfg.flip, gen, cfg.crop_fill).contiguous(memory_format=torch.channels_last)
             yb = y[idx]
             if defense is not None:
                 xb, yb = defense.augment(xb, yb)
