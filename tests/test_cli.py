@@ -58,6 +58,21 @@ def test_corrupt_npz_and_unwritable_results_dir(capsys, tmp_path):
     assert code == 2 and "cannot write to results directory" in err and "--results-dir" in err
 
 
+def test_a_bad_dataset_is_refused_before_the_results_folder_exists(capsys, tmp_path):
+    import numpy as np
+    x = np.zeros((40, 8, 8, 3), dtype=np.uint8)
+    bad = {"single-class": dict(x_train=x, y_train=np.zeros(40), x_test=x[:5], y_test=np.zeros(5)),
+           "huge-label": dict(x_train=x, y_train=np.r_[np.arange(39) % 2, 10**9], x_test=x[:2], y_test=[0, 1]),
+           "channels-first": dict(x_train=x.transpose(0, 3, 1, 2).copy(), y_train=np.arange(40) % 2,
+                                  x_test=x[:2].transpose(0, 3, 1, 2).copy(), y_test=[0, 1])}
+    for name, arrays in bad.items():
+        np.savez(tmp_path / f"{name}.npz", **arrays)
+        code, _, err = _run(capsys, "run", "--preset", "smoke", "--dataset", f"npz:{tmp_path / name}.npz",
+                            "--results-dir", str(tmp_path / "r"))
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "r").exists(), name
+
+
 def test_list_shows_methods_with_paper_threat_model_and_target(capsys):
     code, out, _ = _run(capsys, "list")
     assert code == 0

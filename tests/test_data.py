@@ -7,6 +7,8 @@ import struct
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from uebench import data
@@ -154,3 +156,84 @@ def test_splits_are_stratified_disjoint_and_seeded():
     other = make_splits(y, n_reference=200, seed=1)
     assert set(other.reference) != set(s.reference)
     assert len(stratified_take(np.array([0, 0, 0, 1]), 2, seed=0)) == 2
+
+
+# -- the validator, over generated bad arrays -------------------------------------------------
+
+def _good_arrays(rng, k, n_per_class, h, w, c):
+    y_train = np.repeat(np.arange(k), n_per_class)
+    return dict(x_train=rng.integers(0, 256, (len(y_train), h, w, c), dtype=np.uint8), y_train=y_train,
+                x_test=rng.integers(0, 256, (k, h, w, c), dtype=np.uint8), y_test=np.arange(k))
+
+
+def _spoil(arrays, fault, rng):
+    """Each fault is a way real datasets go wrong; every one must be refused."""
+    a = dict(arrays)
+    y, k = a["y_train"], int(a["y_train"].max()) + 1
+    if fault == "single class":
+        a["y_train"], a["y_test"] = np.zeros_like(y), np.zeros_like(a["y_test"])
+    elif fault == "fractional label":
+        a["y_train"] = y.astype(np.float64)
+        a["y_train"][rng.integers(len(y))] += 0.5
+    elif fault == "huge label":
+        a["y_train"] = y.copy()
+        a["y_train"][rng.integers(len(y))] = int(rng.integers(1000, 10**12))
+    elif fault == "negative label":
+        a["y_train"] = y.copy()
+        a["y_train"][rng.integers(len(y))] = -int(rng.integers(1, 100))
+    elif fault == "test label not trained":
+        a["y_test"] = a["y_test"].copy()
+        a["y_test"][rng.integers(len(a["y_test"]))] = k + int(rng.integers(0, 5))
+    elif fault == "class without training images":
+        a["classes"] = np.array([f"c{i}" for i in range(k + 1)])
+    elif fault == "channels first":
+        a["x_train"], a["x_test"] = (x.transpose(0, 3, 1, 2) for x in (a["x_train"], a["x_test"]))
+    elif fault == "one-hot labels":
+        a["y_train"] = np.eye(k, dtype=np.int64)[y]
+    elif fault == "float images":
+        a["x_train"] = a["x_train"] / 255.0
+    elif fault == "string labels":
+        a["y_train"] = y.astype(str)
+    return a
+
+
+FAULTS = ["single class", "fractional label", "huge label", "negative label", "test label not trained",
+          "class without training images", "channels first", "one-hot labels", "float images", "string labels"]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(fault=st.sampled_from(FAULTS), k=st.integers(2, 12), n_per_class=st.integers(1, 4),
+       size=st.integers(5, 12), channels=st.sampled_from([1, 3]), seed=st.integers(0, 2**32 - 1))
+def test_validator_refuses_every_bad_dataset_in_one_line(tmp_path, fault, k, n_per_class, size, channels, seed):
+    rng = np.random.default_rng(seed)
+    good = _good_arrays(rng, k, n_per_class, size, size + 1, channels)
+    path = tmp_path / "set.npz"
+    np.savez(path, **good)
+    ds = load_dataset(f"npz:{path}")                # the unspoilt arrays load and train
+    ds.check_every_class_trained()
+    assert ds.num_classes == k
+
+    np.savez(path, **_spoil(good, fault, rng))
+    with pytest.raises(UserError) as caught:
+        load_dataset(f"npz:{path}").check_every_class_trained()
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith("npz-set: "), message
+
+
+@pytest.mark.parametrize("fault, message", [
+    ("single class", "1 class(es); a benchmark needs between 2 and 1000"),
+    ("fractional label", "not a whole number (0.5)"),
+    ("huge label", "at most 1000 classes"),
+    ("test label not trained", "outside the training classes 0..3"),
+    ("class without training images", "no training image of class 4 (of 0..4)"),
+    ("channels first", "looks channels-first (N, C, H, W)"),
+    ("one-hot labels", "one-hot labels?"),
+])
+def test_each_dataset_fault_says_what_is_wrong(tmp_path, fault, message):
+    rng = np.random.default_rng(0)
+    arrays = _spoil(_good_arrays(rng, 4, 3, 8, 8, 3), fault, np.random.default_rng(1))
+    if fault == "fractional label":
+        arrays["y_train"] = np.array([0, 0.5, 1, 1, 2, 2, 3, 3, 0, 1, 2, 3])
+    np.savez(tmp_path / "set.npz", **arrays)
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)").replace("?", r"\?")):
+        load_dataset(f"npz:{tmp_path / 'set.npz'}").check_every_class_trained()

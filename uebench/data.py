@@ -26,6 +26,7 @@ from uebench.registry import UserError
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 TORCHVISION_SETS = {"cifar10": "CIFAR10", "cifar100": "CIFAR100", "svhn": "SVHN", "fashion-mnist": "FashionMNIST"}
 DATASETS = ("digits", "fashion-mnist", "cifar10", "cifar100", "svhn", "npz:PATH", "imagefolder:PATH")
+MAX_CLASSES = 1000     # ImageNet's count; a larger label is a mistake (it would allocate a class per number)
 
 
 @dataclass
@@ -45,22 +46,37 @@ class Dataset:
             if x.ndim == 3:                                   # grayscale NHW -> NHW1
                 x = x[..., None]
                 setattr(self, f"x_{split}", x)
-            if x.ndim != 4 or x.dtype != np.uint8:
-                raise UserError(f"{self.name}: x_{split} must be uint8 NHWC images, got {x.dtype} {x.shape}")
+            check_images(self.name, split, x)
+            y = integer_labels(self.name, split, y)
             if len(x) != len(y):
                 raise UserError(f"{self.name}: x_{split} has {len(x)} images but y_{split} {len(y)} labels")
-            setattr(self, f"y_{split}", np.asarray(y, dtype=np.int64).reshape(-1))
+            setattr(self, f"y_{split}", y)
+        if not len(self.y_train):
+            raise UserError(f"{self.name}: the training split is empty")
         if self.x_train.shape[1:] != self.x_test.shape[1:]:
             raise UserError(f"{self.name}: train images {self.x_train.shape[1:]} and test images "
                             f"{self.x_test.shape[1:]} differ in shape")
         k = len(self.classes)
-        for split, y in (("train", self.y_train), ("test", self.y_test)):
-            if len(y) and (y.min() < 0 or y.max() >= k):
-                raise UserError(f"{self.name}: y_{split} labels must lie in 0..{k - 1}")
+        if not 2 <= k <= MAX_CLASSES:
+            raise UserError(f"{self.name}: {k} class(es); a benchmark needs between 2 and {MAX_CLASSES} classes")
+        if self.y_train.max() >= k:
+            raise UserError(f"{self.name}: y_train labels must lie in 0..{k - 1}, got {self.y_train.max()}")
+        if len(self.y_test) and self.y_test.max() >= k:
+            raise UserError(f"{self.name}: y_test has label {self.y_test.max()}, outside the training classes "
+                            f"0..{k - 1}; test labels must be classes the training split has")
         digest = hashlib.sha256()
         for a in (self.x_train, self.y_train, self.x_test, self.y_test):
             digest.update(np.ascontiguousarray(a).tobytes())
         self.fingerprint = digest.hexdigest()[:16]
+
+    def check_every_class_trained(self) -> None:
+        """A table needs training images of every class: a class never trained on makes every
+        accuracy meaningless (a single-class set scores 100 %)."""
+        missing = sorted(set(range(self.num_classes)) - set(np.unique(self.y_train).tolist()))
+        if missing:
+            shown = ", ".join(map(str, missing[:10])) + (", ..." if len(missing) > 10 else "")
+            raise UserError(f"{self.name}: no training image of class {shown} (of 0..{self.num_classes - 1}); "
+                            f"every class needs training images")
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -76,6 +92,38 @@ class Dataset:
         was read from (a clone elsewhere, or CI, must find the same tables and caches)."""
         return {"name": self.name, "fingerprint": self.fingerprint,
                 "n_train": len(self.y_train), "n_test": len(self.y_test), "shape": list(self.image_shape)}
+
+
+def check_images(name: str, split: str, x: np.ndarray) -> None:
+    """uint8 NHWC, and not a channels-first array read as images 1 or 3 pixels high."""
+    if x.ndim != 4 or x.dtype != np.uint8:
+        raise UserError(f"{name}: x_{split} must be uint8 NHWC images, got {x.dtype} {x.shape}")
+    if x.shape[3] > 4 and x.shape[1] in (1, 3):
+        raise UserError(f"{name}: x_{split} of shape {x.shape} looks channels-first (N, C, H, W); uebench reads "
+                        f"(N, H, W, C): save x.transpose(0, 2, 3, 1)")
+
+
+def integer_labels(name: str, split: str, y) -> np.ndarray:
+    """One whole, non-negative class number per image, below MAX_CLASSES, as int64."""
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise UserError(f"{name}: y_{split} must hold one class number per image, got shape {y.shape} "
+                        f"(one-hot labels? save y.argmax(1))")
+    if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)) or y.dtype == bool:
+        raise UserError(f"{name}: y_{split} must hold integer class numbers, got dtype {y.dtype}")
+    if np.issubdtype(y.dtype, np.floating):
+        fractional = ~np.isfinite(y) | (y != np.round(y))
+        if fractional.any():
+            raise UserError(f"{name}: y_{split} holds a label that is not a whole number "
+                            f"({y[fractional][0]}); labels must be class numbers 0..K-1")
+    if len(y) and y.min() < 0:
+        raise UserError(f"{name}: y_{split} holds a negative label ({y.min()}); labels must be 0..K-1")
+    if len(y) and y.max() >= MAX_CLASSES:
+        raise UserError(f"{name}: y_{split} holds label {y.max()}; uebench takes at most {MAX_CLASSES} classes "
+                        f"(labels 0..{MAX_CLASSES - 1})")
+    return y.astype(np.int64)
 
 
 def to_tensor(x: np.ndarray) -> torch.Tensor:
@@ -142,9 +190,10 @@ def _npz(path: Path) -> Dataset:
     except Exception as err:
         raise UserError(f"cannot read {path} as npz ({type(err).__name__}: {err}); "
                         f"is it a complete numpy .npz file?") from err
-    k = int(max(arrays["y_train"].max(), arrays["y_test"].max())) + 1
-    return Dataset(f"npz-{path.stem}", **arrays, classes=classes or [str(i) for i in range(k)],
-                   source=str(path.resolve()))
+    name = f"npz-{path.stem}"
+    y_train = integer_labels(name, "train", arrays["y_train"])
+    k = int(y_train.max()) + 1 if len(y_train) else 0    # the training labels name the classes
+    return Dataset(name, **arrays, classes=classes or [str(i) for i in range(k)], source=str(path.resolve()))
 
 
 def _imagefolder(path: Path) -> Dataset:

@@ -185,15 +185,16 @@ def make_plan(spec: RunSpec) -> Plan:
     defenses = [configure(DEFENSES, d, cfg.preset, spec.defense_params.get(d, {}))
                 for d in dict.fromkeys([NONE] + defense_names)]
 
-    results_dir = Path(spec.results_dir)
-    check_writable(results_dir)
     dataset = load_dataset(cfg.dataset, spec.data_root, spec.download, cfg.train_subset, cfg.test_subset,
                            cfg.split_seed)
+    dataset.check_every_class_trained()
     need = cfg.n_reference + (cfg.n_protected or 1)
     if need > len(dataset.y_train):
         raise UserError(f"{dataset.name} has {len(dataset.y_train)} training images; the split needs {need} "
                         f"(--n-reference {cfg.n_reference}, --n-protected {cfg.n_protected})")
     splits = make_splits(dataset.y_train, cfg.n_reference, cfg.n_protected, cfg.split_seed)
+    results_dir = Path(spec.results_dir)
+    check_writable(results_dir)      # makes the folder: only once the input is known to be good
     table_id, _ = table_identity(cfg, dataset)
     table_dir = results_dir / dataset.name / table_id
     cells = [Cell(a, d, s) for a in attacks for d in defenses for s in cfg.seeds]
