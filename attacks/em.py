@@ -29,12 +29,22 @@ class EM(Attack):
     no augmentation), stop at 99 % accuracy, zero init. The surrogate is ``ctx.model``
     unless ``surrogate`` names another architecture (the paper uses ResNet-18).
 
+    The official export: the released pipeline turns the noise into pixels as
+    clamp(δ·255, 0, 255) before adding it to the uint8 images, which zeroes every negative
+    value of δ (acknowledged in the official repository, issue #13), so the published EM
+    numbers come from the positive half of the noise. ``export="positive"`` does the same
+    (δ⁺ = max(δ, 0), added, then clipped to [0, 1]; without the uint8 truncation);
+    ``export="signed"`` (the current default) adds the whole δ the optimisation found.
+    The default is to be chosen by measuring both under none / iss-gray / iss-jpeg
+    (issue 14, item 7; not yet measured, so the default has not changed).
+
     Deviations:
-    - δ is added to the image and *then* the result is clipped to [0, 1]. The official
-      loader clips the image before adding the noise, so the noise on saturated pixels
-      is silently dropped (acknowledged by the author); we do not copy that bug. The
-      stored δ is also projected so that x + δ stays in [0, 1] while crafting.
-    - ``max_rounds`` caps the alternation (the official loop has no cap).
+    - ``export="signed"`` (see above).
+    - The stored δ is projected so that x + δ stays in [0, 1] while crafting, and the
+      surrogate sees the clamped x + δ; the official crafting feeds it unclamped.
+    - The official surrogate training clips the gradient norm at 5; ours does not clip.
+    - ``max_rounds`` caps the alternation (the official loop has no cap); the record's
+      ``em_reached_stop_accuracy`` says whether the stop condition was met.
     - Surrogate batches are drawn shuffled (the official sample-wise loop walks the
       data in order; CIFAR's order is random anyway).
     """
@@ -60,10 +70,13 @@ class EM(Attack):
     stop_accuracy: float = 0.99      # on the perturbed crafting set
     max_rounds: int = 50
     surrogate: str | None = None     # None: the victim architecture (ctx.model)
+    export: str = "signed"           # signed | positive (the official pipeline's clamp(δ·255, 0, 255))
 
     def __post_init__(self):
         if self.max_rounds < 1 or self.steps < 0 or self.train_steps < 0 or self.batch_size < 1:
             raise ValueError("max_rounds and batch_size must be >= 1; steps and train_steps >= 0")
+        if self.export not in ("signed", "positive"):
+            raise ValueError(f"export must be signed or positive, got {self.export!r}")
 
     def threat_model(self) -> ThreatModel:
         return ThreatModel("linf", self.eps)
@@ -125,6 +138,8 @@ class EM(Attack):
                           "em_reached_stop_accuracy": surrogate_acc >= self.stop_accuracy,
                           "em_surrogate": self.surrogate or ctx.model,
                           "em_crafting_images": len(craft)})
+        if self.export == "positive":   # the official export keeps δ ≥ 0 only
+            noise = noise.clamp_min(0)
         return self.perturbed(noise, x, y, torch.arange(len(x), device=device))
 
     def crafted_fraction(self) -> float:

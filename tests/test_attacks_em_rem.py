@@ -196,3 +196,14 @@ def test_rem_records_what_ran(tiny, ctx):
     REM.for_preset("smoke")(x, y, ctx)
     assert ctx.notes["rem_steps"] == REM.presets["smoke"]["train_steps"]
     assert 0 <= ctx.notes["rem_surrogate_acc"] <= 1
+
+
+@pytest.mark.parametrize("cls", [EM, EMClasswise])
+def test_em_positive_export_keeps_only_the_positive_half_of_the_noise(tiny, ctx, cls):
+    """The official pipeline adds clamp(δ·255, 0, 255): same optimisation, negative values dropped."""
+    x, y = tiny
+    x = x.clamp(0.1, 0.9)                     # nothing clips, so the added noise is exactly visible
+    signed = cls.for_preset("smoke")(x, y, fresh(ctx)) - x
+    positive = cls.for_preset("smoke", export="positive")(x, y, fresh(ctx)) - x
+    assert (signed < -1e-4).any(), "the optimised noise has negative values"
+    torch.testing.assert_close(positive, signed.clamp_min(0), atol=1e-6, rtol=0)
