@@ -239,3 +239,30 @@ def test_jobs_give_the_same_numbers(tmp_path, plugin):
     acc = lambda recs: sorted((r["attack"]["name"], r["metrics"]["test_acc"]) for r in recs)
     assert acc(one) == acc(two)
     assert np.isfinite([r["metrics"]["train_acc"] for r in two]).all()
+
+
+def test_a_record_tampered_in_place_is_found_corrupt_and_redone(tmp_path, capsys):
+    """An edit that keeps the record's size and time (a digit changed by hand) must not pass
+    as finished: planning verifies every checksum and names the file."""
+    import os
+
+    from uebench.cli import main
+    argv = ["run", "--preset", "smoke", "--epochs", "1", "--attacks", "random-noise", "--defenses", "none",
+            "--results-dir", str(tmp_path / "results"), "--quiet", "--device", "cpu"]
+    assert main(argv) == 0 and main(argv) == 0                  # the second run resumes: nothing to do
+    assert "0 to run" in capsys.readouterr().err
+    record = next((tmp_path / "results").rglob("random-noise/none/seed0.json"))
+    before = os.stat(record)
+    text = record.read_text()
+    accuracy = json.loads(text)["metrics"]["test_acc"]
+    shown = f'"test_acc": {accuracy}'
+    forged = text.replace(shown, shown[:-1] + str((int(shown[-1]) + 1) % 10))     # one digit changed
+    assert forged != text
+    record.write_text(forged)
+    os.utime(record, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert os.stat(record).st_size == before.st_size and read_record(record) is None
+
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert f"corrupt record {record}" in err and "1 to run" in err
+    assert read_record(record)["metrics"]["test_acc"] == accuracy       # redone, bit for bit

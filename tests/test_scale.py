@@ -188,27 +188,6 @@ def test_stale_temp_files_are_ignored_and_cleaned(tmp_path):
     assert not dead.exists() and not cache_dead.exists() and live.exists()
 
 
-def test_finished_index_never_hides_a_changed_record(tmp_path):
-    """Resume skips reading records it verified before, by time and size; any change shows."""
-    from uebench.runner import Cell, Method, Plan, pending_cells, scan_records, update_finished_index
-    table, index = tmp_path / "table", tmp_path / "cache" / "finished" / "table.json"
-    cells = [Cell(Method("attack", a, a, {}), Method("defense", "none", "none", {}), 0) for a in "abcd"]
-    for cell in cells[:3]:
-        write_record(cell.path(table), {"status": "ok"})
-    write_record(cells[2].path(table), {"status": "failed"})
-    pending, verified = scan_records(cells, table, index)
-    assert pending == cells[2:]
-    update_finished_index(Plan(None, None, None, None, "table", table, cells, pending, verified, index), [])
-    assert set(json.loads(index.read_text())) == {"a/none/seed0.json", "b/none/seed0.json"}
-    assert pending_cells(cells, table, index) == cells[2:]
-    truncated = cells[0].path(table)
-    truncated.write_text(truncated.read_text()[:20])
-    write_record(cells[1].path(table), {"status": "failed"})      # rewritten by another run
-    write_record(cells[2].path(table), {"status": "ok"})
-    assert pending_cells(cells, table, index) == [cells[0], cells[1], cells[3]]
-    assert not list(table.rglob(".*"))                                # the index lives in the cache
-
-
 # -- a dead worker is retried, then recorded ---------------------------------------------
 
 @pytest.mark.slow   # minutes: real worker processes / a real Ray instance

@@ -149,6 +149,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                    progress=not args.quiet, plugins=args.plugin)
     check_worker_flags(spec)
     plan = make_plan(spec)
+    for path in plan.corrupt:
+        print(f"uebench: corrupt record {path} (truncated or failing its checksum); its cell runs again",
+              file=sys.stderr)
     print(f"uebench: {plan.dataset.name}, table {plan.table_id}: {len(plan.cells)} cells, "
           f"{len(plan.pending)} to run, {len(plan.cells) - len(plan.pending)} already finished", file=sys.stderr)
     if args.dry_run:

@@ -9,9 +9,7 @@ and the others go on.
 """
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 import time
 import traceback
 from dataclasses import asdict, dataclass, field, replace
@@ -121,8 +119,7 @@ class Plan:
     table_dir: Path
     cells: list[Cell]
     pending: list[Cell]
-    verified: dict[str, list] = field(default_factory=dict)        # the finished records: time, size, params key
-    index: Path | None = None                                      # where they are remembered
+    corrupt: list[Path] = field(default_factory=list)              # records found truncated or tampered with
 
 
 # -- planning --------------------------------------------------------------------------
@@ -198,87 +195,44 @@ def make_plan(spec: RunSpec) -> Plan:
     table_id, _ = table_identity(cfg, dataset)
     table_dir = results_dir / dataset.name / table_id
     cells = [Cell(a, d, s) for a in attacks for d in defenses for s in cfg.seeds]
-    index = finished_index_path(cache_dir_of(spec), table_dir)
-    pending, verified = (cells, {}) if spec.force else scan_records(cells, table_dir, index)
-    return Plan(spec, cfg, dataset, splits, table_id, table_dir, cells, pending, verified, index)
+    pending, corrupt = (cells, []) if spec.force else scan_records(cells, table_dir)
+    return Plan(spec, cfg, dataset, splits, table_id, table_dir, cells, pending, corrupt)
 
 
 def cache_dir_of(spec: RunSpec) -> Path:
     return Path(spec.cache_dir or Path(spec.results_dir) / ".cache")
 
 
-def finished_index_path(cache_dir: Path, table_dir: Path) -> Path:
-    """The table's index of verified records: in the cache, since it is rebuilt on demand."""
-    return cache_dir / "finished" / f"{table_dir.parent.name}--{table_dir.name}.json"
+def pending_cells(cells: list[Cell], table_dir: Path) -> list[Cell]:
+    """The cells without a finished record (missing, failed, stale, truncated or corrupt: redone)."""
+    return scan_records(cells, table_dir)[0]
 
 
-def pending_cells(cells: list[Cell], table_dir: Path, index: Path | None = None) -> list[Cell]:
-    """The cells without a finished record (missing, failed, truncated or corrupt: redone)."""
-    return scan_records(cells, table_dir, index)[0]
+def scan_records(cells: list[Cell], table_dir: Path) -> tuple[list[Cell], list[Path]]:
+    """The pending cells, and the corrupt records among them.
 
-
-def scan_records(cells: list[Cell], table_dir: Path, index: Path | None = None
-                 ) -> tuple[list[Cell], dict[str, list]]:
-    """Pending cells, and ``{relative path: [mtime_ns, size, params key]}`` of the finished records.
-
-    A record counts as finished when it is intact, its status is final and it was made with
-    the hyperparameters the cell has now (a changed preset makes it stale, so it is redone).
-    A record whose time, size and key match the ``index`` was read and verified by an earlier
-    run, so resuming a large grid reads no record twice; a rewrite or truncation changes them.
+    Every record is read and its checksum verified (records are small: a 10,100-cell grid
+    scans in half a second), so a record edited in place is redone even when its size and
+    time were kept. A record counts as finished when it is intact, its status is final and it
+    was made with the hyperparameters the cell has now (a changed preset makes it stale).
     """
-    known = read_finished_index(index)
-    root = str(table_dir)
-    pending, verified = [], {}
+    pending, corrupt = [], []
     for cell in cells:
-        rel = cell.relpath
-        path = os.path.join(root, rel)
-        try:
-            stat = os.stat(path)     # before reading: a later rewrite never matches this entry
-        except OSError:
+        path = cell.path(table_dir)
+        record = read_record(path)
+        if record is None and path.exists():
+            corrupt.append(path)
+        if record is None or not finished_as(record, cell):
             pending.append(cell)
-            continue
-        seen = [stat.st_mtime_ns, stat.st_size, cell.params_key]
-        if known.get(rel) == seen or is_finished(Path(path), cell.params_key):
-            verified[rel] = seen
-        else:
-            pending.append(cell)
-    return pending, verified
+    return pending, corrupt
 
 
-def read_finished_index(index: Path | None) -> dict[str, list]:
-    try:
-        known = json.loads(index.read_text()) if index else {}
-    except (OSError, ValueError):
-        return {}
-    return known if isinstance(known, dict) else {}
-
-
-def update_finished_index(plan: Plan, records: list[dict]) -> None:
-    """Add the cells this run finished to the index the plan verified (only a change is written;
-    a concurrent run's index is as good: the last one wins)."""
-    index = dict(plan.verified)
-    done = {(r.get("attack", {}).get("folder"), r.get("defense", {}).get("folder"), r.get("seed"))
-            for r in records if r.get("status") in FINISHED}
-    finished_now = [c for c in plan.pending if (c.attack.folder, c.defense.folder, c.seed) in done]
-    index.update(scan_records(finished_now, plan.table_dir)[1])
-    if plan.index is None or index == read_finished_index(plan.index):
-        return
-    plan.index.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=plan.index.parent, prefix=".tmp-index-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(index, f, sort_keys=True)
-    os.replace(tmp, plan.index)
-
-
-def is_finished(path: Path, expected_params_key: str | None = None) -> bool:
-    """An intact record with a final status (and, if given, made with these hyperparameters)."""
-    record = read_record(path)
-    if record is None or record.get("status") not in FINISHED:
+def finished_as(record: dict, cell: Cell) -> bool:
+    """Whether ``record`` is a final result of ``cell`` as it is configured now."""
+    if record.get("status") not in FINISHED:
         return False
-    if expected_params_key is None:
-        return True
     made_with = params_key(record.get("attack", {}).get("hparams", {}), record.get("defense", {}).get("hparams", {}))
-    return made_with == expected_params_key
+    return made_with == cell.params_key
 
 
 def check_writable(directory: Path) -> None:
@@ -541,7 +495,6 @@ def run(spec: RunSpec, plan: Plan | None = None, workers: Workers | None = None)
     """Run the grid ``spec`` describes; returns the records of the cells run now."""
     plan = plan or make_plan(spec)
     if not plan.pending:           # resuming a finished grid: no workers to start
-        update_finished_index(plan, [])
         return []
     workers = workers or plan_workers(spec)
     try:
@@ -602,5 +555,4 @@ def _run(spec: RunSpec, plan: Plan, workers: Workers) -> list[dict]:
                     or errors.get(("prepare_defense", c.defense.folder, c.seed)))
         tasks.append(Task(run_cell, job, (c, upstream), partial(run_cell, job, c), c.path(plan.table_dir)))
     run_tasks(tasks, workers, lambda index, record: records.append(record), "cells", spec.progress)
-    update_finished_index(plan, records)
     return records
