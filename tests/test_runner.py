@@ -11,7 +11,7 @@ import torch
 
 from registry_sandbox import sandbox_registries
 from uebench.data import load_dataset
-from uebench.records import checksum, read_record
+from uebench.records import checksum, read_record, write_record
 from uebench.runner import RunSpec, make_plan, run
 
 # A file plugin that counts its work in files, fails on demand, cheats on demand and
@@ -131,9 +131,9 @@ def test_grid_records_resume_and_force(tmp_path, plugin):
     assert _count(log, "generate") == 2          # the poison came from the cache
     assert _count(log, "fit") == 5
 
-    # --force recomputes everything.
+    # --force recomputes everything, the poisons too.
     assert len(run(_spec(tmp_path, path, attacks="counting", defenses="spy", seeds=[0, 1], force=True))) == 8
-    assert _count(log, "generate") == 2          # the poison cache is keyed by content, so it is still valid
+    assert _count(log, "generate") == 4
 
 
 def test_the_same_data_elsewhere_finds_the_same_table_and_caches(tmp_path, plugin):
@@ -153,7 +153,7 @@ def test_the_same_data_elsewhere_finds_the_same_table_and_caches(tmp_path, plugi
 
     plan = make_plan(there)
     assert plan.table_id == make_plan(here).table_id and plan.pending == []
-    assert run(replace(there, force=True))
+    assert run(replace(there, results_dir=tmp_path / "fresh", cache_dir=tmp_path / "results" / ".cache"))
     assert _count(log, "generate") == 1          # the poison cache was found too
 
 
@@ -266,3 +266,39 @@ def test_a_record_tampered_in_place_is_found_corrupt_and_redone(tmp_path, capsys
     err = capsys.readouterr().err
     assert f"corrupt record {record}" in err and "1 to run" in err
     assert read_record(record)["metrics"]["test_acc"] == accuracy       # redone, bit for bit
+
+
+def test_an_edited_plugin_remakes_its_poison_and_its_records(tmp_path, plugin):
+    """The poison cache and the records carry a fingerprint of the method's source: after an edit
+    of ``generate``, neither the old poison nor the old cells pass as the new code's."""
+    from uebench import registry
+    path, log = plugin
+    spec = _spec(tmp_path, path, attacks="counting", defenses="none")
+    first = {r["attack"]["name"]: r for r in run(spec)}
+    assert first["counting"]["attack"]["code"] and first["counting"]["budget"]["linf_max"] > 0
+    assert make_plan(spec).pending == []
+
+    path.write_text(PLUGIN.replace("return (x + sign * self.eps * self.overshoot).clamp(0, 1)", "return x"))
+    registry._LOADED_PLUGINS.clear()                  # as a new process would, import the edited file
+    for reg in (registry.ATTACKS, registry.DEFENSES):
+        for table in (reg._entries, reg._loaded):
+            for name in [n for n, cls in table.items() if getattr(cls, "__module__", "").startswith("uebench_plugin_")]:
+                del table[name]
+    stale = make_plan(spec).pending
+    assert [(c.attack.name, c.defense.name) for c in stale] == [("counting", "none")]   # clean: other code
+    again = run(spec)
+    assert _count(log, "generate") == 2                       # the poison was made again, by the new code
+    assert again[0]["budget"]["linf_max"] == 0 and again[0]["attack"]["code"] != first["counting"]["attack"]["code"]
+
+
+def test_a_legacy_record_without_a_fingerprint_stays_finished(tmp_path, plugin):
+    """Legacy records, schema 1 (every committed one), carry no fingerprint and are trusted."""
+    path, _ = plugin
+    spec = _spec(tmp_path, path, attacks="counting", defenses="none")
+    run(spec)
+    for record_path in (tmp_path / "results").rglob("seed0.json"):
+        record = read_record(record_path)
+        for part in ("attack", "defense"):
+            del record[part]["code"]
+        write_record(record_path, {**record, "schema": 1})
+    assert make_plan(spec).pending == []

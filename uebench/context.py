@@ -6,6 +6,7 @@ never see the test set through it.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import tempfile
@@ -27,6 +28,21 @@ def content_key(obj: Any) -> str:
     """A stable hash of a JSON-able description (used for every cache key)."""
     blob = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def code_fingerprint(*objects: Any) -> str:
+    """A hash of the source files of the modules that define ``objects``, plus uebench's
+    version: what a cache entry or a record was made by. Editing a method's file (a plugin's
+    ``generate``, say) changes it, so what the old code made is never served as the new one's."""
+    from uebench import __version__
+    digest = hashlib.sha256(__version__.encode())
+    for obj in objects:
+        module = inspect.getmodule(obj)
+        try:
+            digest.update(Path(inspect.getsourcefile(module)).read_bytes())
+        except (TypeError, OSError):      # no source file (built in the interpreter): its name stands in
+            digest.update(f"{getattr(obj, '__module__', '?')}:{getattr(obj, '__qualname__', obj)}".encode())
+    return digest.hexdigest()[:12]
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
@@ -88,9 +104,10 @@ class Context:
         """Return ``build()``, stored on disk under a hash of ``key`` and reused afterwards.
 
         Put everything that changes the result into ``key`` (method, hyperparameters,
-        dataset, split, seed); the dataset identity and seed are added automatically.
+        dataset, split, seed); the dataset identity, the seed and the fingerprint of the code
+        that defines ``build`` (the caller's module) are added automatically.
         """
-        full_key = {"key": key, "dataset": self.dataset, "seed": self.seed}
+        full_key = {"key": key, "dataset": self.dataset, "seed": self.seed, "code": code_fingerprint(build)}
         if self.cache_dir is None:
             return build()
         path = Path(self.cache_dir) / name / f"{content_key(full_key)}.pt"

@@ -39,7 +39,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from uebench.api import Defense
-from uebench.context import atomic_torch_save, content_key
+from uebench.context import atomic_torch_save, code_fingerprint, content_key
 from uebench.train import autocast
 
 if TYPE_CHECKING:
@@ -346,7 +346,7 @@ def diffusion_model(reference: tuple[torch.Tensor, torch.Tensor], config_name: s
     config = get_config(config_name, **overrides)
     ref_fingerprint = fingerprint(images)
     key = {"diffusion": config_name, "config": asdict(config), "reference": ref_fingerprint,
-           "dataset": ctx.dataset, "seed": ctx.seed, "version": 1}
+           "dataset": ctx.dataset, "seed": ctx.seed, "version": 1, "code": code_fingerprint(train_diffusion)}
     cache_key = content_key(key)
     model = _LOADED.get(cache_key)
     source = "memory"

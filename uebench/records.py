@@ -21,7 +21,7 @@ from typing import Any, Iterator
 
 from uebench import __version__
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2    # 2: attack.code and defense.code fingerprint the code that made the record; 1 had none
 FINISHED = ("ok", "not-applicable")   # statuses a resume keeps
 
 

@@ -23,7 +23,7 @@ import torch
 
 from uebench.api import Attack, Defense, ThreatModel, hparams, typed_hparams
 from uebench.budget import check_budget, declared_threat_model
-from uebench.context import Context, atomic_torch_save, content_key
+from uebench.context import Context, atomic_torch_save, code_fingerprint, content_key
 from uebench.data import Dataset, Splits, load_dataset, make_splits, to_tensor
 from uebench.presets import TableConfig, table_config
 from uebench.records import FINISHED, provenance, read_record, write_record
@@ -73,6 +73,7 @@ class Method:
     folder: str          # name, or name@<hash> when run with non-preset hyperparameters
     params: dict         # the full hyperparameters
     _instance: Any = field(default=None, repr=False)
+    code: str = ""       # fingerprint of the class's source and uebench's version (clean row: none)
 
     @property
     def instance(self) -> Any:
@@ -146,7 +147,7 @@ def configure(registry, name: str, preset: str, params: dict) -> Method:
     folder = name
     if params and hparams(instance) != hparams(cls.for_preset(preset)):
         folder = f"{name}@{content_key(hparams(instance))[:6]}"
-    return Method(registry.kind, name, folder, hparams(instance), instance)
+    return Method(registry.kind, name, folder, hparams(instance), instance, code_fingerprint(cls))
 
 
 def table_identity(cfg: TableConfig, dataset: Dataset) -> tuple[str, dict]:
@@ -228,11 +229,16 @@ def scan_records(cells: list[Cell], table_dir: Path) -> tuple[list[Cell], list[P
 
 
 def finished_as(record: dict, cell: Cell) -> bool:
-    """Whether ``record`` is a final result of ``cell`` as it is configured now."""
+    """Whether ``record`` is a final result of ``cell`` as it is configured and coded now."""
     if record.get("status") not in FINISHED:
         return False
-    made_with = params_key(record.get("attack", {}).get("hparams", {}), record.get("defense", {}).get("hparams", {}))
-    return made_with == cell.params_key
+    attack, defense = record.get("attack", {}), record.get("defense", {})
+    if params_key(attack.get("hparams", {}), defense.get("hparams", {})) != cell.params_key:
+        return False
+    # Legacy records, schema 1, are trusted: written before records carried the fingerprint of
+    # their code (every committed record), they stay finished; a fingerprint that differs is stale.
+    return all(part.get("code") in (None, method.code) for part, method in ((attack, cell.attack),
+                                                                             (defense, cell.defense)))
 
 
 def check_writable(directory: Path) -> None:
@@ -311,16 +317,17 @@ def poison_path(job: Job, attack: Method, seed: int, dataset: Dataset) -> Path:
     key = {"attack": attack.name, "hparams": hparams(attack.instance), "dataset": dataset.identity(),
            "n_reference": job.config.n_reference, "n_protected": job.config.n_protected,
            "split_seed": job.config.split_seed, "seed": seed, "model": job.config.model,
-           "version": provenance()["uebench_version"]}
+           "code": attack.code}
     return job.cache_dir / "poisons" / f"{attack.name}-{content_key(key)}.pt"
 
 
-def make_poison(job: Job, attack: Method, seed: int) -> dict:
-    """Generate (or load) one poison set; returns {"x", "seconds", "notes"}."""
+def make_poison(job: Job, attack: Method, seed: int, remake: bool = False) -> dict:
+    """Generate (or load) one poison set; returns {"x", "seconds", "notes"}. ``remake``
+    generates it even when it is cached (``--force``)."""
     _setup_worker(job)
     dataset, splits = _data(job)
     path = poison_path(job, attack, seed, dataset)
-    if path.exists():
+    if path.exists() and not remake:
         try:
             return torch.load(path, map_location="cpu", weights_only=False)
         except Exception:
@@ -335,6 +342,11 @@ def make_poison(job: Job, attack: Method, seed: int) -> dict:
     entry = {"x": poisoned, "seconds": time.perf_counter() - start, "notes": ctx.notes}
     atomic_torch_save(entry, path)
     return entry
+
+
+def craft_poison(job: Job, attack: Method, seed: int) -> None:
+    """Stage 1's poison task: make the poison set (again, under ``--force``) for the cells to load."""
+    make_poison(job, attack, seed, remake=job.plan_spec.force)
 
 
 def prepare_defense(job: Job, defense: Method, seed: int) -> None:
@@ -437,10 +449,11 @@ def describe_cell(job: Job, cell: Cell, dataset: Dataset, splits: Splits) -> dic
                             "n_test": len(dataset.y_test), "split_seed": cfg.split_seed},
                   "contrastive": cfg.contrastive if cfg.protocol == "contrastive" else {}},
         "attack": {"name": cell.attack.name, "folder": cell.attack.folder,
-                   "hparams": hparams(attack) if attack else {},
+                   "hparams": hparams(attack) if attack else {}, "code": cell.attack.code,
                    "threat_model": {"norm": threat.norm, "eps": threat.eps, "text": str(threat)},
                    "target": attack.target if attack else None, "paper": attack.describe() if attack else ""},
         "defense": {"name": cell.defense.name, "folder": cell.defense.folder, "hparams": hparams(defense),
+                    "code": cell.defense.code,
                     "paper": defense.describe(), "protocols": list(defense.protocols),
                     "transforms_test": defense.transforms_test},
         "seed": cell.seed,
@@ -535,7 +548,7 @@ def _run(spec: RunSpec, plan: Plan, workers: Workers) -> list[dict]:
     prepares = sorted({(c.defense, c.seed) for c in applicable
                        if type(c.defense.instance).prepare is not Defense.prepare},
                       key=lambda p: (p[0].folder, p[1]))
-    stage1 = [(make_poison, a, s) for a, s in poisons] + [(prepare_defense, d, s) for d, s in prepares]
+    stage1 = [(craft_poison, a, s) for a, s in poisons] + [(prepare_defense, d, s) for d, s in prepares]
     errors: dict[tuple[str, str, int], str] = {}
 
     def note_error(index: int, error: str | None) -> None:
@@ -551,7 +564,7 @@ def _run(spec: RunSpec, plan: Plan, workers: Workers) -> list[dict]:
     records: list[dict] = []
     tasks = []
     for c in plan.pending:
-        upstream = (errors.get(("make_poison", c.attack.folder, c.seed))
+        upstream = (errors.get(("craft_poison", c.attack.folder, c.seed))
                     or errors.get(("prepare_defense", c.defense.folder, c.seed)))
         tasks.append(Task(run_cell, job, (c, upstream), partial(run_cell, job, c), c.path(plan.table_dir)))
     run_tasks(tasks, workers, lambda index, record: records.append(record), "cells", spec.progress)
