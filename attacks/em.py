@@ -34,9 +34,9 @@ class EM(Attack):
     value of δ (acknowledged in the official repository, issue #13), so the published EM
     numbers come from the positive half of the noise. ``export="positive"`` does the same
     (δ⁺ = max(δ, 0), added, then clipped to [0, 1]; without the uint8 truncation);
-    ``export="signed"`` (the current default) adds the whole δ the optimisation found.
-    The default is to be chosen by measuring both under none / iss-gray / iss-jpeg
-    (issue 14, item 7; not yet measured, so the default has not changed).
+    ``export="signed"`` (the default) adds the whole δ the optimisation found. Both are
+    measured side by side on the `cpu` table under none / iss-gray / iss-jpeg in the
+    README ("EM: the official export"), which says why the default is what it is.
 
     Deviations:
     - ``export="signed"`` (see above).
