@@ -104,8 +104,28 @@ def test_name_collision_is_an_error():
 
     registry.register("dup", A)
     registry.register("dup", A)            # the same object again is fine
-    with pytest.raises(PluginError, match="already registered"):
+    with pytest.raises(PluginError, match="B reuses the defense name 'dup' of .*A; give it another name"):
         registry.register("dup", B)
+
+
+def test_a_plugin_reusing_a_builtin_name_is_refused_and_the_builtin_kept():
+    """Registered before the entry points were read, the plugin used to take the name and leave
+    the built-in BROKEN; now it is refused with a message naming both."""
+    registry = Registry("attack", "uebench.attacks", Attack)      # fresh: nothing discovered yet
+
+    class MyEM(Attack):
+        name = "em"
+
+    with pytest.raises(PluginError, match=r"MyEM reuses the attack name 'em' of uebench\.attacks\.em:EM"):
+        registry.decorator(MyEM)
+    assert registry.get("em").__module__ == "uebench.attacks.em"
+
+
+def test_a_class_registered_by_its_entry_point_and_its_decorator_is_one_method(installed_plugin):
+    registry = Registry("attack", "uebench.attacks", Attack)
+    import toyplug
+    registry.register("brightness", toyplug.Brightness)     # the decorator of the module its entry point names
+    assert registry.get("brightness") is toyplug.Brightness
 
 
 def test_selection_all_lists_wildcards_and_order():

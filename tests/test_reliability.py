@@ -56,3 +56,30 @@ def test_shared_caches_are_keyed_by_code(ctx, monkeypatch):
     with pytest.raises(Seen):
         diffusion.diffusion_model((torch.rand(4, 3, 16, 16), torch.zeros(4)), "tiny", ctx)
     assert keys[0]["code"] == diffusion_code
+
+
+# -- implausible input is said, in the output and in the records --------------------------------
+
+def _cli(capsys, *argv):
+    from uebench.cli import main
+    code = main(list(argv))
+    return code, capsys.readouterr().err
+
+
+def test_a_budget_far_above_the_norms_and_a_poison_that_changes_nothing_are_warned(tmp_path, capsys):
+    from uebench.records import iter_records
+    base = ["run", "--preset", "smoke", "--epochs", "1", "--attacks", "random-noise", "--defenses", "none",
+            "--device", "cpu", "--quiet"]
+    code, err = _cli(capsys, *base, "-A", "random-noise.eps=1", "--results-dir", str(tmp_path / "big"))
+    assert code == 0
+    assert "warning: attack random-noise@" in err and "budget L∞ 255/255 is far above the field's norms" in err
+    warned = {p.parts[-3]: r["warnings"] for p, r in iter_records(tmp_path / "big")}
+    assert warned["clean"] == [] and "L∞ 255/255" in next(w for k, ws in warned.items() if k != "clean" for w in ws)
+
+    code, err = _cli(capsys, *base, "-A", "random-noise.eps=0", "--results-dir", str(tmp_path / "zero"))
+    assert code == 0 and "the poison of random-noise equals the clean images (L∞ 0)" in err
+    warned = [r["warnings"] for p, r in iter_records(tmp_path / "zero") if p.parts[-3] != "clean"]
+    assert warned == [["the poison of random-noise equals the clean images (L∞ 0): this row measures clean data"]]
+
+    code, err = _cli(capsys, *base, "--results-dir", str(tmp_path / "usual"))
+    assert code == 0 and "warning" not in err

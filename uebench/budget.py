@@ -20,6 +20,12 @@ if TYPE_CHECKING:
 
 _CHUNK = 1024  # images per step, so the guard never holds a second full copy of the set
 
+# Budgets far above the field's norms, on [0, 1] images: published unlearnable examples use L∞
+# 8/255 (16/255 at most) and per-image L2 norms of 0.5 to 1.3 at 32×32×3 (LSP: √(C·H·W)·6/255).
+# Past these a row no longer measures an imperceptible perturbation; most often the value is a
+# typo (-A em.eps=1 meant as 1/255). A warning, not an error: a study of large budgets is allowed.
+IMPLAUSIBLE_BUDGET = {"linf": 32 / 255, "l2": 8.0}
+
 
 class BudgetViolation(UserError):
     """A poison set breaks its declared threat model or is not a valid image tensor."""
@@ -35,6 +41,15 @@ def declared_threat_model(attack: "Attack", image_shape: tuple[int, int, int]) -
     if "image_shape" in inspect.signature(attack.threat_model).parameters:
         return attack.threat_model(image_shape=tuple(image_shape))
     return attack.threat_model()
+
+
+def budget_warning(threat: ThreatModel) -> str | None:
+    """A warning when ``threat`` is far above the field's norms (IMPLAUSIBLE_BUDGET), else None."""
+    limit = IMPLAUSIBLE_BUDGET.get(threat.norm)
+    if limit is None or threat.eps <= limit:
+        return None
+    return (f"budget {threat} is far above the field's norms (warned above {ThreatModel(threat.norm, limit)}); "
+            f"did you mean a fraction such as 8/255?")
 
 
 def check_budget(clean: torch.Tensor, poisoned: torch.Tensor, threat: ThreatModel,

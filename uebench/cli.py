@@ -152,6 +152,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     for path in plan.corrupt:
         print(f"uebench: corrupt record {path} (truncated or failing its checksum); its cell runs again",
               file=sys.stderr)
+    for attack in {cell.attack.folder: cell.attack for cell in plan.pending}.values():
+        for warning in attack.warnings:
+            print(f"uebench: warning: attack {attack.folder}: {warning}", file=sys.stderr)
     print(f"uebench: {plan.dataset.name}, table {plan.table_id}: {len(plan.cells)} cells, "
           f"{len(plan.pending)} to run, {len(plan.cells) - len(plan.pending)} already finished", file=sys.stderr)
     if args.dry_run:
@@ -166,6 +169,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"uebench: {workers.describe()}", file=sys.stderr)
     records = run(spec, plan, workers)
     failed = [r for r in records if r["status"] == "failed"]
+    planned = {w for cell in plan.pending for w in cell.attack.warnings}
+    for warning in sorted({w for r in records for w in r.get("warnings", [])} - planned):
+        print(f"uebench: warning: {warning}", file=sys.stderr)
     for r in failed:
         print(f"FAILED {r.get('attack', {}).get('folder')} / {r.get('defense', {}).get('folder')} / "
               f"seed {r.get('seed')}: {r['error']}", file=sys.stderr)

@@ -37,10 +37,11 @@ class Registry:
 
     # -- registration ---------------------------------------------------------------
     def register(self, name: str, target: Any) -> None:
+        self.discover()     # the built-ins and installed plugins first: a file plugin cannot take their names
         old = self._entries.get(name)
-        if old is not None and old != target and self._loaded.get(name) is not target:
-            raise PluginError(f"{self.kind} name {name!r} is already registered by {_origin(old)}; "
-                              f"rename the plugin {_origin(target)}")
+        if old is not None and _origin(old) != _origin(target) and self._loaded.get(name) is not target:
+            raise PluginError(f"{_origin(target)} reuses the {self.kind} name {name!r} of {_origin(old)}; "
+                              f"give it another name (name = \"...\" on the class)")
         self._entries[name] = target
         self._broken.pop(name, None)
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from uebench.api import Attack, Defense, ThreatModel, hparams, typed_hparams
-from uebench.budget import check_budget, declared_threat_model
+from uebench.budget import budget_warning, check_budget, declared_threat_model
 from uebench.context import Context, atomic_torch_save, code_fingerprint, content_key
 from uebench.data import Dataset, Splits, load_dataset, make_splits, to_tensor
 from uebench.presets import TableConfig, table_config
@@ -74,6 +74,7 @@ class Method:
     params: dict         # the full hyperparameters
     _instance: Any = field(default=None, repr=False)
     code: str = ""       # fingerprint of the class's source and uebench's version (clean row: none)
+    warnings: list[str] = field(default_factory=list)   # implausible settings, for the output and records
 
     @property
     def instance(self) -> Any:
@@ -191,6 +192,9 @@ def make_plan(spec: RunSpec) -> Plan:
         raise UserError(f"{dataset.name} has {len(dataset.y_train)} training images; the split needs {need} "
                         f"(--n-reference {cfg.n_reference}, --n-protected {cfg.n_protected})")
     splits = make_splits(dataset.y_train, cfg.n_reference, cfg.n_protected, cfg.split_seed)
+    for attack in attacks[1:]:
+        warning = budget_warning(declared_threat_model(attack.instance, dataset.image_shape))
+        attack.warnings = [warning] if warning else []
     results_dir = Path(spec.results_dir)
     check_writable(results_dir)      # makes the folder: only once the input is known to be good
     table_id, _ = table_identity(cfg, dataset)
@@ -370,7 +374,8 @@ def run_cell(job: Job, cell: Cell, upstream_error: str | None = None) -> dict:
     record: dict[str, Any] = {"status": "failed", "error": None, "metrics": {}, "budget": {}, "notes": {},
                               "timing": {}, "seed": cell.seed,   # who the cell is, even if describing it fails
                               "attack": {"name": cell.attack.name, "folder": cell.attack.folder},
-                              "defense": {"name": cell.defense.name, "folder": cell.defense.folder}}
+                              "defense": {"name": cell.defense.name, "folder": cell.defense.folder},
+                              "warnings": list(cell.attack.warnings)}
     path = cell.path(job.table_dir)
     try:
         _setup_worker(job)
@@ -393,6 +398,9 @@ def run_cell(job: Job, cell: Cell, upstream_error: str | None = None) -> dict:
             record["notes"]["attack"] = entry["notes"]
             check_budget(x_clean, x, declared_threat_model(cell.attack.instance, dataset.image_shape))
             record["budget"] = perturbation_stats(x_clean, x)
+            if record["budget"]["linf_max"] == 0:
+                record["warnings"].append(f"the poison of {cell.attack.name} equals the clean images (L∞ 0): "
+                                          f"this row measures clean data")
         reference = (to_tensor(dataset.x_train[splits.reference]), torch.from_numpy(dataset.y_train[splits.reference]))
         ctx = make_context(job, dataset, cell.seed, artifact_dir=path.with_suffix(""))
         torch.manual_seed(cell.seed)
