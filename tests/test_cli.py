@@ -73,6 +73,19 @@ def test_a_bad_dataset_is_refused_before_the_results_folder_exists(capsys, tmp_p
         assert not (tmp_path / "r").exists(), name
 
 
+def test_small_messages_say_the_right_thing(capsys, tmp_path):
+    code, _, err = _run(capsys, "--bogus")
+    assert code == 2 and "(see 'uebench --help')" in err
+    code, _, err = _run(capsys, "run", "--bogus")
+    assert code == 2 and "(see 'uebench run --help')" in err
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a folder should be")
+    code, _, err = _run(capsys, "run", "--preset", "smoke", "--attacks", "random-noise", "--defenses", "none",
+                        "--results-dir", str(tmp_path / "r"), "--leaderboard", str(blocker / "LEADERBOARD.md"))
+    assert code == 2 and f"cannot write to the leaderboard's folder {blocker}" in err and "--leaderboard" in err
+    assert "results directory" not in err
+
+
 def test_list_shows_methods_with_paper_threat_model_and_target(capsys):
     code, out, _ = _run(capsys, "list")
     assert code == 0

@@ -40,7 +40,8 @@ def _write_fixture(results: Path, table=TABLE, dataset_dir="npz-toy"):
             write_record(results / dataset_dir / table["id"] / attack / defense / f"seed{seed}.json", record)
 
 
-def test_golden_markdown(tmp_path):
+def test_golden_markdown(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)                       # as in a checkout: the records under results/
     _write_fixture(tmp_path / "results")
     text = leaderboard.render(tmp_path / "results")
     if os.environ.get("UEBENCH_UPDATE_GOLDEN"):
@@ -61,13 +62,16 @@ def test_table_content(tmp_path):
     assert "(../results/npz-toy/supervised-smallcnn-15ep-abc123/em/iss-gray/seed0/examples.png)" in text
 
 
-def test_same_records_give_identical_bytes_and_protocols_stay_apart(tmp_path):
-    _write_fixture(tmp_path / "a")
-    _write_fixture(tmp_path / "b")
-    assert leaderboard.render(tmp_path / "a") == leaderboard.render(tmp_path / "b")
+def test_same_records_give_identical_bytes_and_protocols_stay_apart(tmp_path, monkeypatch):
+    rendered = []
+    for clone in ("a", "b"):                       # two checkouts, each rendering its own results/
+        _write_fixture(tmp_path / clone / "results")
+        monkeypatch.chdir(tmp_path / clone)
+        rendered.append(leaderboard.render(Path("results")))
+    assert rendered[0] == rendered[1]
     other = dict(TABLE, id="contrastive-smallcnn-15ep-def456", protocol="contrastive")
-    _write_fixture(tmp_path / "a", table=other)
-    text = leaderboard.render(tmp_path / "a")
+    _write_fixture(tmp_path / "a" / "results", table=other)
+    text = leaderboard.render(tmp_path / "a" / "results")
     assert text.count("## npz-toy") == 2 and "· contrastive ·" in text
 
 
@@ -101,3 +105,10 @@ def test_a_record_without_its_attack_is_reported_and_the_rest_rendered(tmp_path,
     err = capsys.readouterr().err
     assert f"corrupt record {bad}" in err and out.exists()
     assert main(["leaderboard", "--results-dir", str(tmp_path / "results"), "--out", str(out), "--check"]) == 1
+
+
+def test_a_scratch_leaderboard_names_its_own_records_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path / "..")
+    _write_fixture(tmp_path / "scratch")
+    text = leaderboard.render(tmp_path / "scratch")
+    assert f"from the records under `{tmp_path.name}/scratch/`" in text and "under `results/`" not in text

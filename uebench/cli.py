@@ -73,7 +73,15 @@ def parse_seeds(text: str) -> list[int]:
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):   # bad flags: one line, exit code 2
-        raise UserError(f"{message} (see 'uebench {self.prog.split()[-1]} --help')")
+        raise UserError(f"{message} (see '{self.prog} --help')")
+
+    def parse_args(self, args=None, namespace=None):
+        """As argparse's, but an unknown flag points to the help of the command it was given to."""
+        parsed, extra = self.parse_known_args(args, namespace)
+        if extra:
+            command = f"{self.prog} {parsed.command}" if getattr(parsed, "command", None) else self.prog
+            raise UserError(f"unrecognized arguments: {' '.join(extra)} (see '{command} --help')")
+        return parsed
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -163,7 +171,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     if not args.no_leaderboard:
         from uebench.runner import check_writable
-        check_writable(Path(args.leaderboard).parent)
+        check_writable(Path(args.leaderboard).parent, "the leaderboard's folder", "--leaderboard (or --no-leaderboard)")
     workers = plan_workers(spec) if plan.pending else None
     if workers:
         print(f"uebench: {workers.describe()}", file=sys.stderr)

@@ -245,15 +245,17 @@ def finished_as(record: dict, cell: Cell) -> bool:
                                                                              (defense, cell.defense)))
 
 
-def check_writable(directory: Path) -> None:
+def check_writable(directory: Path, what: str = "results directory", flag: str = "--results-dir") -> None:
+    """Make ``directory`` and check that a file can be written there; ``what`` and ``flag`` name
+    it in the error (the results directory, or the leaderboard's folder)."""
     try:
         directory.mkdir(parents=True, exist_ok=True)
         probe = directory / f".write-test-{os.getpid()}"
         probe.write_text("")
         probe.unlink()
     except OSError as err:
-        raise UserError(f"cannot write to results directory {directory} ({err.strerror}); "
-                        f"pass --results-dir to a writable folder") from err
+        raise UserError(f"cannot write to {what} {directory} ({err.strerror}); "
+                        f"pass {flag} to a writable folder") from err
 
 
 def resolve_device(name: str) -> torch.device:
