@@ -4,7 +4,12 @@ driver, claims that split one grid between concurrent runs)."""
 from __future__ import annotations
 
 import importlib.util
+import os
+import signal
+import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -83,3 +88,57 @@ def test_a_budget_far_above_the_norms_and_a_poison_that_changes_nothing_are_warn
 
     code, err = _cli(capsys, *base, "--results-dir", str(tmp_path / "usual"))
     assert code == 0 and "warning" not in err
+
+
+# -- workers die with their driver -------------------------------------------------------------
+
+def _children(pid: int) -> set[int]:
+    """The live descendants of ``pid`` (Linux /proc)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds worker processes through Linux /proc")
+def test_killing_the_driver_kills_its_workers(tmp_path):
+    """SIGKILL a driver running two loky workers: within seconds no worker is left."""
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "uebench.cli", "run", "--preset", "smoke", "--epochs", "60", "--jobs", "2",
+         "--attacks", "random-noise,classwise-noise", "--defenses", "none,iss-gray", "--device", "cpu",
+         "--results-dir", str(tmp_path / "results"), "--quiet"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        while len(_children(driver.pid)) < 2 and driver.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        time.sleep(3)                                    # the workers are in their first tasks
+        workers = _children(driver.pid)
+        assert len(workers) >= 2 and driver.poll() is None, "the driver finished before it could be killed"
+    finally:
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    survivors = [pid for pid in workers if _alive(pid)]
+    for pid in survivors:                                # leave no orphan behind, even on failure
+        os.kill(pid, signal.SIGKILL)
+    assert not survivors, f"{len(survivors)} of {len(workers)} worker processes outlived their driver"

@@ -20,6 +20,8 @@ import os
 import queue
 import sys
 import tempfile
+import threading
+import time
 import uuid
 from collections import Counter, deque
 from dataclasses import dataclass, field, replace
@@ -135,9 +137,46 @@ def stop(workers: Workers) -> None:
 
 # -- in a worker -------------------------------------------------------------------------
 
+_WATCHED_DRIVER: int | None = None
+
+
+def exit_with_driver(driver_pid: int, every_s: float = 1.0) -> None:
+    """In a local worker process: exit as soon as the driver is gone (killed, even by SIGKILL),
+    so that no orphan goes on writing records. A thread checks every second whether this
+    process has lost its parent (it is then re-parented, on Linux and macOS alike) or, for a
+    worker that is not the driver's child, whether the driver's pid is gone. Once per process;
+    nothing in the driver itself."""
+    global _WATCHED_DRIVER
+    if _WATCHED_DRIVER == driver_pid or os.getpid() == driver_pid:
+        return
+    _WATCHED_DRIVER = driver_pid
+    is_child = os.getppid() == driver_pid
+
+    def driver_gone() -> bool:
+        if is_child:
+            return os.getppid() != driver_pid
+        try:
+            os.kill(driver_pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:      # alive, owned by another user
+            pass
+        return False
+
+    def watch() -> None:
+        while not driver_gone():
+            time.sleep(every_s)
+        os._exit(1)      # a half-written record is a temp file: the next run removes it and redoes the cell
+
+    threading.Thread(target=watch, name="uebench-exit-with-driver", daemon=True).start()
+
+
 def _run_task(index: int, fn: Callable, job: Any, args: tuple, slots: Any = None,
-              devices: tuple[str, ...] = (), started: Path | None = None) -> tuple[int, Any]:
+              devices: tuple[str, ...] = (), started: Path | None = None,
+              driver_pid: int | None = None) -> tuple[int, Any]:
     """Run one task in a worker, holding one device slot from the shared queue while it runs."""
+    if driver_pid is not None:
+        exit_with_driver(driver_pid)
     if started is not None:
         started.touch()         # tells the driver this task was running if the worker dies
     if slots is None:
@@ -237,7 +276,7 @@ def _local_round(tasks: list[Task], batch: list[int], workers: Workers, started:
     from joblib import Parallel, delayed
     with _slot_queue(workers) as slots:
         calls = (delayed(_run_task)(i, tasks[i].fn, tasks[i].job, tasks[i].args, slots, workers.slots,
-                                    started / str(i)) for i in batch)
+                                    started / str(i), os.getpid()) for i in batch)
         results: Iterator = iter(Parallel(n_jobs=workers.jobs, backend=workers.backend,
                                           return_as="generator_unordered")(calls))
         while True:
@@ -301,7 +340,6 @@ def remove_stale_temp_files(folders: Iterable[Path], older_than_s: float = 300.0
     """Delete temporary files left in ``folders`` (not below) by writers killed mid-write
     (records: ``.tmp-*``; cache entries: ``.*.tmp``). Readers never look at them; only old ones
     go, since a live writer on another worker may be about to rename its own."""
-    import time
     cutoff, removed = time.time() - older_than_s, 0
     for folder in folders:
         try:
