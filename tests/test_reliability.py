@@ -142,3 +142,90 @@ def test_killing_the_driver_kills_its_workers(tmp_path):
     for pid in survivors:                                # leave no orphan behind, even on failure
         os.kill(pid, signal.SIGKILL)
     assert not survivors, f"{len(survivors)} of {len(workers)} worker processes outlived their driver"
+
+
+# -- concurrent runs on one results folder split the work ----------------------------------------
+
+SLOW_DEFENSE = '''
+import os, time
+from dataclasses import dataclass
+from uebench import Defense, register_defense
+
+@register_defense
+@dataclass
+class SlowLogged(Defense):
+    """Standard training after a pause; logs who fitted which cell."""
+    name = "slow-logged"
+    paper = "test"
+
+    def fit(self, x, y, reference, ctx):
+        with open(os.environ["UEBENCH_TEST_LOG"], "a") as f:
+            f.write(f"{os.getpid()} seed{ctx.seed} {float(x.sum()):.2f}\\n")
+        time.sleep(0.5)
+        return super().fit(x, y, reference, ctx)
+'''
+
+
+def test_two_runs_on_one_folder_split_the_grid(tmp_path):
+    plugin, log = tmp_path / "slow_plugin.py", tmp_path / "fits.log"
+    plugin.write_text(SLOW_DEFENSE)
+    command = [sys.executable, "-m", "uebench.cli", "run", "--preset", "smoke", "--epochs", "1", "--seeds", "0-1",
+               "--n-protected", "128", "--n-reference", "64", "--test-subset", "100", "--attacks", "random-noise,classwise-noise", "--defenses", "slow-logged", "--device", "cpu",
+               "--plugin", str(plugin), "--results-dir", str(tmp_path / "results"), "--quiet"]
+    env = {**os.environ, "UEBENCH_TEST_LOG": str(log), "OMP_NUM_THREADS": "1"}
+    runs = [subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    errors = [run.communicate(timeout=300)[1] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], errors
+    fits = [line.split() for line in log.read_text().splitlines()]
+    cells = [(seed, total) for _, seed, total in fits]
+    assert len(cells) == 6 and len(set(cells)) == 6                 # 3 rows x 2 seeds, each fitted once
+    assert len({pid for pid, _, _ in fits}) == 2                     # by both runs
+    records = list((tmp_path / "results").rglob("seed*.json"))
+    assert len(records) == 12 and not list((tmp_path / "results").rglob(".*.claim"))
+
+
+def _one_cell_spec(tmp_path):
+    from uebench.runner import RunSpec
+    return RunSpec(attacks="random-noise", defenses="none", preset="smoke", overrides={"epochs": 1},
+                   results_dir=tmp_path / "results", progress=False, device="cpu")
+
+
+def test_a_claim_whose_holder_died_is_taken_over_and_a_live_one_waited_for(tmp_path):
+    import json
+    import socket
+    import threading
+
+    from uebench.claims import claim_path
+    from uebench.runner import make_plan, run
+    spec = _one_cell_spec(tmp_path)
+    plan = make_plan(spec)
+    def claim(record, pid):
+        claim_path(record).parent.mkdir(parents=True, exist_ok=True)
+        claim_path(record).write_text(json.dumps({"host": socket.gethostname(), "pid": pid}))
+
+    clean_cell, attacked_cell = (c.path(plan.table_dir) for c in plan.cells)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    claim(clean_cell, dead.pid)                                  # its holder died
+    sleeper = subprocess.Popen(["sleep", "3"])                   # a live holder of the other cell
+    threading.Thread(target=sleeper.wait, daemon=True).start()   # reaped when it ends
+    claim(attacked_cell, sleeper.pid)
+    start = time.monotonic()
+    records = run(spec)
+    assert sorted(r["attack"]["name"] for r in records) == ["clean", "random-noise"]
+    assert all(r["status"] == "ok" for r in records)
+    assert time.monotonic() - start >= 2.5                      # it waited for the live holder
+    assert not claim_path(clean_cell).exists() and not claim_path(attacked_cell).exists()
+
+
+def test_a_claim_is_exclusive_until_released(tmp_path):
+    from uebench.claims import Claim, holder_of
+    target = tmp_path / "cell" / "seed0.json"
+    first, second = Claim(target), Claim(target)
+    assert first.acquire() is None
+    assert second.acquire() == {"host": first.owner["host"], "pid": os.getpid()}
+    assert holder_of(first.path) == first.owner
+    first.release()
+    assert holder_of(first.path) is None and second.acquire() is None
+    second.release()
+    assert not first.path.exists()

@@ -10,6 +10,7 @@ and the others go on.
 from __future__ import annotations
 
 import os
+import sys
 import time
 import traceback
 from dataclasses import asdict, dataclass, field, replace
@@ -23,6 +24,7 @@ import torch
 
 from uebench.api import Attack, Defense, ThreatModel, hparams, typed_hparams
 from uebench.budget import budget_warning, check_budget, declared_threat_model
+from uebench.claims import Claim, wait_until_free
 from uebench.context import Context, atomic_torch_save, code_fingerprint, content_key
 from uebench.data import Dataset, Splits, load_dataset, make_splits, to_tensor
 from uebench.presets import TableConfig, table_config
@@ -333,21 +335,38 @@ def make_poison(job: Job, attack: Method, seed: int, remake: bool = False) -> di
     _setup_worker(job)
     dataset, splits = _data(job)
     path = poison_path(job, attack, seed, dataset)
-    if path.exists() and not remake:
-        try:
-            return torch.load(path, map_location="cpu", weights_only=False)
-        except Exception:
-            path.unlink(missing_ok=True)     # half-written or corrupt: make it again
-    x = to_tensor(dataset.x_train[splits.protected])
-    y = torch.from_numpy(dataset.y_train[splits.protected])
-    ctx = make_context(job, dataset, seed)
-    ctx.notes["train_indices"] = torch.from_numpy(splits.protected)
-    start = time.perf_counter()
-    poisoned = attack.instance(x, y, ctx)
-    ctx.notes.pop("train_indices")
-    entry = {"x": poisoned, "seconds": time.perf_counter() - start, "notes": ctx.notes}
-    atomic_torch_save(entry, path)
-    return entry
+    cached = None if remake else _cached_poison(path)
+    if cached is not None:
+        return cached
+    claim = Claim(path)
+    while claim.acquire() is not None:      # another run is making this very poison: use its file
+        time.sleep(1)
+    try:
+        cached = None if remake else _cached_poison(path)
+        if cached is not None:
+            return cached
+        x = to_tensor(dataset.x_train[splits.protected])
+        y = torch.from_numpy(dataset.y_train[splits.protected])
+        ctx = make_context(job, dataset, seed)
+        ctx.notes["train_indices"] = torch.from_numpy(splits.protected)
+        start = time.perf_counter()
+        poisoned = attack.instance(x, y, ctx)
+        ctx.notes.pop("train_indices")
+        entry = {"x": poisoned, "seconds": time.perf_counter() - start, "notes": ctx.notes}
+        atomic_torch_save(entry, path)
+        return entry
+    finally:
+        claim.release()
+
+
+def _cached_poison(path: Path) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception:
+        path.unlink(missing_ok=True)     # half-written or corrupt: make it again
+        return None
 
 
 def craft_poison(job: Job, attack: Method, seed: int) -> None:
@@ -370,7 +389,27 @@ def perturbation_stats(clean: torch.Tensor, poisoned: torch.Tensor) -> dict[str,
             "l0_max": int(changed.max()) if changed.numel() else 0}
 
 
+CLAIMED = "claimed"    # a cell's result when another process holds it: not a record
+
+
 def run_cell(job: Job, cell: Cell, upstream_error: str | None = None) -> dict:
+    """Run one cell under its claim and return its record; when another process holds the cell,
+    return ``{"status": CLAIMED, "holder": ...}`` instead (nothing is written)."""
+    path = cell.path(job.table_dir)
+    claim = Claim(path)
+    holder = claim.acquire()
+    if holder is not None:
+        return {"status": CLAIMED, "holder": holder}
+    try:
+        done = None if job.plan_spec.force else read_record(path)
+        if done is not None and finished_as(done, cell):      # another run finished it since we planned
+            return done
+        return compute_cell(job, cell, upstream_error)
+    finally:
+        claim.release()
+
+
+def compute_cell(job: Job, cell: Cell, upstream_error: str | None = None) -> dict:
     """Run one cell and write its record. Never raises: a failure becomes the record."""
     start = time.perf_counter()
     record: dict[str, Any] = {"status": "failed", "error": None, "metrics": {}, "budget": {}, "notes": {},
@@ -571,11 +610,24 @@ def _run(spec: RunSpec, plan: Plan, workers: Workers) -> list[dict]:
         run_tasks(tasks, workers, note_error, "poisons and shared models", spec.progress)
 
     # Stage 2: the cells (a cell whose poison or defense state failed is recorded as failed).
+    # Cells another run holds are skipped, then waited for: taken as done if it finished
+    # them, run here if it died first.
     records: list[dict] = []
-    tasks = []
-    for c in plan.pending:
-        upstream = (errors.get(("craft_poison", c.attack.folder, c.seed))
-                    or errors.get(("prepare_defense", c.defense.folder, c.seed)))
-        tasks.append(Task(run_cell, job, (c, upstream), partial(run_cell, job, c), c.path(plan.table_dir)))
-    run_tasks(tasks, workers, lambda index, record: records.append(record), "cells", spec.progress)
+    cells = plan.pending
+    while cells:
+        claimed: list[Cell] = []
+
+        def take(index: int, result: dict) -> None:
+            (claimed.append(cells[index]) if result["status"] == CLAIMED else records.append(result))
+
+        tasks = []
+        for c in cells:
+            upstream = (errors.get(("craft_poison", c.attack.folder, c.seed))
+                        or errors.get(("prepare_defense", c.defense.folder, c.seed)))
+            tasks.append(Task(run_cell, job, (c, upstream), partial(run_cell, job, c), c.path(plan.table_dir)))
+        run_tasks(tasks, workers, take, "cells", spec.progress)
+        if claimed:
+            print(f"uebench: {len(claimed)} cell(s) held by another run; waiting for them", file=sys.stderr)
+            wait_until_free([c.path(plan.table_dir) for c in claimed])
+        cells = pending_cells(claimed, plan.table_dir)
     return records
