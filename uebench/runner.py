@@ -195,8 +195,7 @@ def make_plan(spec: RunSpec) -> Plan:
                         f"(--n-reference {cfg.n_reference}, --n-protected {cfg.n_protected})")
     splits = make_splits(dataset.y_train, cfg.n_reference, cfg.n_protected, cfg.split_seed)
     for attack in attacks[1:]:
-        warning = budget_warning(declared_threat_model(attack.instance, dataset.image_shape))
-        attack.warnings = [warning] if warning else []
+        attack.warnings = budget_warnings(attack, dataset.image_shape)
     results_dir = Path(spec.results_dir)
     check_writable(results_dir)      # makes the folder: only once the input is known to be good
     table_id, _ = table_identity(cfg, dataset)
@@ -204,6 +203,15 @@ def make_plan(spec: RunSpec) -> Plan:
     cells = [Cell(a, d, s) for a in attacks for d in defenses for s in cfg.seeds]
     pending, corrupt = (cells, []) if spec.force else scan_records(cells, table_dir)
     return Plan(spec, cfg, dataset, splits, table_id, table_dir, cells, pending, corrupt)
+
+
+def budget_warnings(attack: Method, image_shape: tuple[int, int, int]) -> list[str]:
+    """A warning when the attack's budget for these images is far above the field's norms."""
+    try:
+        warning = budget_warning(declared_threat_model(attack.instance, image_shape))
+    except (TypeError, ValueError) as err:
+        raise UserError(f"attack {attack.folder} has no valid threat model for images {image_shape}: {err}") from err
+    return [warning] if warning else []
 
 
 def cache_dir_of(spec: RunSpec) -> Path:
@@ -221,7 +229,7 @@ def scan_records(cells: list[Cell], table_dir: Path) -> tuple[list[Cell], list[P
     Every record is read and its checksum verified (records are small: a 10,100-cell grid
     scans in half a second), so a record edited in place is redone even when its size and
     time were kept. A record counts as finished when it is intact, its status is final and it
-    was made with the hyperparameters the cell has now (a changed preset makes it stale).
+    was made with the hyperparameters and the code the cell has now (else it is stale).
     """
     pending, corrupt = [], []
     for cell in cells:
@@ -618,7 +626,10 @@ def _run(spec: RunSpec, plan: Plan, workers: Workers) -> list[dict]:
         claimed: list[Cell] = []
 
         def take(index: int, result: dict) -> None:
-            (claimed.append(cells[index]) if result["status"] == CLAIMED else records.append(result))
+            if result["status"] == CLAIMED:
+                claimed.append(cells[index])
+            else:
+                records.append(result)
 
         tasks = []
         for c in cells:
