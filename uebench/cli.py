@@ -1,7 +1,8 @@
 """Command line: ``uebench run``, ``uebench list``, ``uebench leaderboard``.
 
-Exit codes: 0 all cells finished, 1 some cell failed (see its record), 2 bad input
-(one line on stderr saying what to do; nothing written).
+Exit codes: 0 all cells finished, 1 some cell failed (see its record) or, for ``leaderboard``,
+some record is unreadable or the markdown out of date (``--check``), 2 bad input (one line on
+stderr saying what to do; nothing written).
 """
 from __future__ import annotations
 
