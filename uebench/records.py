@@ -24,6 +24,24 @@ from uebench import __version__
 SCHEMA_VERSION = 2    # 2: attack.code and defense.code fingerprint the code that made the record; 1 had none
 FINISHED = ("ok", "not-applicable")   # statuses a resume keeps
 
+# Hyperparameters a method gained after records of it were written, with the value those
+# records were made with: a record that lacks one is read as made with that value. So a new
+# option that keeps the old behaviour available leaves the old records valid where the
+# cell still runs that behaviour (EM's default export), and a default that changed makes
+# them stale (LE's guidance_batch, AR's coefficients) instead of passing them off as current.
+# Add a line here whenever a method gains a hyperparameter.
+ADDED_HPARAMS: dict[str, dict[str, Any]] = {
+    "em": {"export": "signed"},                        # 2026-12: the official export, an option
+    "em-classwise": {"export": "signed"},
+    "le": {"guidance_batch": 1},                       # 2026-12: the official strength, the default
+    "ar": {"norm": "l2", "coefficients": "search"},    # 2026-12: the published CIFAR-10 processes
+}
+
+
+def hparams_as_made(method: str, hparams: dict[str, Any]) -> dict[str, Any]:
+    """A record's hyperparameters, completed with the values of those added after it was written."""
+    return {**ADDED_HPARAMS.get(method, {}), **hparams}
+
 
 def checksum(record: dict) -> str:
     body = {k: v for k, v in record.items() if k != "checksum"}

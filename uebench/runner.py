@@ -28,7 +28,7 @@ from uebench.claims import Claim, wait_until_free
 from uebench.context import Context, atomic_torch_save, code_fingerprint, content_key
 from uebench.data import Dataset, Splits, load_dataset, make_splits, to_tensor
 from uebench.presets import TableConfig, table_config
-from uebench.records import FINISHED, provenance, read_record, write_record
+from uebench.records import FINISHED, hparams_as_made, provenance, read_record, write_record
 from uebench.registry import ATTACKS, DEFENSES, UserError, load_plugin
 from uebench.train import accuracy
 from uebench.workers import (BACKENDS, Task, Workers, import_ray, local_workers, ray_workers,
@@ -247,7 +247,9 @@ def finished_as(record: dict, cell: Cell) -> bool:
     if record.get("status") not in FINISHED:
         return False
     attack, defense = record.get("attack", {}), record.get("defense", {})
-    if params_key(attack.get("hparams", {}), defense.get("hparams", {})) != cell.params_key:
+    made_with = params_key(hparams_as_made(attack.get("name", ""), attack.get("hparams", {})),
+                           hparams_as_made(defense.get("name", ""), defense.get("hparams", {})))
+    if made_with != cell.params_key:
         return False
     # Legacy records, schema 1, are trusted: written before records carried the fingerprint of
     # their code (every committed record), they stay finished; a fingerprint that differs is stale.
