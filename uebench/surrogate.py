@@ -14,6 +14,7 @@ from dataclasses import replace
 import torch
 import torch.nn as nn
 
+from uebench import train as train_module
 from uebench.context import code_fingerprint
 from uebench.train import accuracy, train_supervised
 
@@ -41,7 +42,7 @@ def trained_surrogate(x: torch.Tensor, y: torch.Tensor, ctx, arch: str | None = 
     cfg = replace(ctx.train, epochs=epochs)
     key = {"what": "supervised-surrogate", "arch": arch, "epochs": epochs, "train": cfg.as_dict(),
            "num_classes": ctx.num_classes, "data": data_fingerprint(x, y),
-           "trainer": code_fingerprint(train_supervised)}   # this module's own code is added by ctx.cached
+           "trainer": code_fingerprint(train_module)}   # this module's own code is added by ctx.cached
 
     def build() -> dict[str, torch.Tensor]:
         torch.manual_seed(ctx.seed)   # the initial weights, so a rebuild equals the cached copy
