@@ -229,3 +229,50 @@ def test_a_claim_is_exclusive_until_released(tmp_path):
     assert holder_of(first.path) is None and second.acquire() is None
     second.release()
     assert not first.path.exists()
+
+
+# -- fault injection: kills at random points never change the table --------------------------------
+
+def test_random_kills_of_workers_and_driver_leave_the_table_of_an_uninterrupted_run(tmp_path):
+    """Kill the driver or one of its workers at a random moment, resume, again and again (a few
+    rounds, bounded by UEBENCH_FAULT_ROUNDS); the finished table equals an uninterrupted one and
+    no worker outlives its driver."""
+    import random
+
+    from uebench.records import iter_records
+    rounds = int(os.environ.get("UEBENCH_FAULT_ROUNDS", "3"))
+    rng = random.Random(17)
+
+    def command(results):
+        return [sys.executable, "-m", "uebench.cli", "run", "--preset", "smoke", "--epochs", "2", "--jobs", "2",
+                "--n-protected", "128", "--n-reference", "64", "--test-subset", "100", "--device", "cpu",
+                "--attacks", "random-noise,classwise-noise", "--defenses", "none,iss-gray",
+                "--results-dir", str(results), "--quiet"]
+
+    def table(results):
+        return {p.relative_to(results).as_posix(): (r["status"], r["metrics"].get("test_acc"))
+                for p, r in iter_records(results)}
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    assert subprocess.run(command(tmp_path / "whole"), env=env, capture_output=True).returncode == 0
+    kills = []
+    for round_ in range(rounds):
+        driver = subprocess.Popen(command(tmp_path / "killed"), env=env, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(1.0, 6.0))
+        workers = sorted(_children(driver.pid))
+        victim = driver.pid if round_ % 2 == 0 or not workers else rng.choice(workers)   # driver, worker, ...
+        if driver.poll() is None:
+            os.kill(victim, signal.SIGKILL)
+            kills.append("driver" if victim == driver.pid else "worker")
+        if victim == driver.pid:
+            driver.wait()
+            time.sleep(3)                                          # the workers notice and exit
+            assert not [pid for pid in workers if _alive(pid)], "a worker outlived its driver"
+        else:
+            assert driver.wait(timeout=300) in (0, 1)              # a worker's death: the driver goes on
+    final = subprocess.run(command(tmp_path / "killed"), env=env, capture_output=True, text=True)
+    assert final.returncode == 0, final.stderr
+    assert "driver" in kills, f"no driver was killed mid-run ({kills}): every round finished first"
+    assert table(tmp_path / "killed") == table(tmp_path / "whole")
+    assert len(table(tmp_path / "whole")) == 6
