@@ -187,6 +187,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.no_leaderboard:
         out = leaderboard.write(args.results_dir, args.leaderboard)
         print(f"uebench: leaderboard written to {out}", file=sys.stderr)
+        report_unreadable(args.results_dir)      # records of other grids: said, not this run's failure
     print(f"uebench: {len(records) - len(failed)} cells done, {len(failed)} failed; records in "
           f"{plan.table_dir}", file=sys.stderr)
     return 1 if failed else 0
@@ -235,8 +236,8 @@ def report_unreadable(results_dir: Path) -> int:
     from uebench import leaderboard
     _, unreadable = leaderboard.collect(Path(results_dir))
     for path, why in unreadable:
-        print(f"uebench: corrupt record {path} ({why}); re-run the command that made it to redo it",
-              file=sys.stderr)
+        print(f"uebench: corrupt record {path} ({why}); re-run the command that made it to redo it, "
+              f"or delete the file", file=sys.stderr)
     return len(unreadable)
 
 
