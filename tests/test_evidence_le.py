@@ -9,18 +9,16 @@ reference split, strided reverse chains; 15 victim epochs of the small CNN), rec
 "Wins back at least half" means
 acc(attack, le) − acc(attack, none) ≥ ½ · (acc(clean, none) − acc(attack, none)).
 
-Measured (seed 0, committed table; clean 74.2 %, clean under LE 74.5 %, under AVATAR 65.1 %):
-EM 21.3 → 51.9 with LE (31 of the 53 points back: the claim holds) and 57.3 with AVATAR;
-class-wise noise 56.0 → 62.3 with LE (6 of 18 points back) and 63.7 with AVATAR. Two of the
-three claims do not carry over to this scale and are strict expected failures (they turn
-red the day they hold, and the mark must go). Why, measured on 250 protected images (the
-linear share of the perturbation δ that survives: ⟨p(x_ue) − p(x_clean), δ⟩ / ‖δ‖², same
-noise for both): with the tiny DDPM, unguided purification at t* = 20 keeps 32 % of EM's δ
-and 82 % of class-wise noise, so the denoiser's prior, not the guidance, is the bottleneck;
-LE's guidance keeps more (44 %, 92 %) because it pulls towards x_ue, as designed; AVATAR's
-t* = 100 keeps 28 % and 75 %. Training the DDPM four times longer (6,000 steps, 27 min)
-changed these by at most 1.5 points (43 %, 91 %), so a longer `cpu` run would not rescue the
-claims; they need the paper's pretrained DDPM-CIFAR (the `paper` preset, on a GPU).
+Measured (seed 0, committed table; clean 74.2 %), LE at the official per-image guidance
+strength (its distances averaged over a batch of 500, ``guidance_batch``; see
+defenses/le.py): clean under LE 71.9 %, under AVATAR 65.1 %; EM 21.3 → 64.1 with LE (43 of
+the 53 points back) and 57.3 with AVATAR; class-wise noise 56.0 → 67.5 with LE (11.5 of 18
+points back) and 63.7 with AVATAR. All three claims hold at this scale. With 500 times the
+official strength (``guidance_batch=1``, uebench's default before 2026-12) they did not:
+EM 51.9 and class-wise noise 62.3 with LE, so LE lost to AVATAR on EM and won back only a
+third of class-wise noise; the guidance then pulled the chain back towards x_ue and kept
+44 % of EM's δ and 92 % of class-wise noise (the linear share of δ that survives, measured
+on 250 protected images), against 32 % and 82 % unguided.
 
 One diffusion model, trained once on the reference split, serves every LE and AVATAR
 cell. Claims about an attack whose module is missing or broken are skipped with the reason.
@@ -49,13 +47,7 @@ def acc(grid, attack: str, defense: str) -> float:
     return grid[(attack, defense)]["metrics"]["test_acc"]
 
 
-NOT_AT_CPU_SCALE = "not reproduced at CPU scale with the tiny DDPM (see the module docstring)"
-
-
-@pytest.mark.parametrize("attack", [
-    pytest.param("classwise-noise", marks=pytest.mark.xfail(strict=True, reason=f"56.0 → 62.3: {NOT_AT_CPU_SCALE}")),
-    "em",
-])
+@pytest.mark.parametrize("attack", ["classwise-noise", "em"])
 def test_le_wins_back_at_least_half(grid, attack):
     skip_unless_available(attack)
     clean, poisoned, purified = acc(grid, "clean", "none"), acc(grid, attack, "none"), acc(grid, attack, "le")
@@ -64,7 +56,6 @@ def test_le_wins_back_at_least_half(grid, attack):
         f"{attack}: clean {clean:.3f}, poisoned {poisoned:.3f}, after LE {purified:.3f}"
 
 
-@pytest.mark.xfail(strict=True, reason=f"LE 51.9 vs AVATAR 57.3: {NOT_AT_CPU_SCALE}")
 def test_le_beats_avatar_on_em(grid):
     skip_unless_available("em")
     assert acc(grid, "em", "le") > acc(grid, "em", "avatar"), \
