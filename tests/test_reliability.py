@@ -276,3 +276,23 @@ def test_random_kills_of_workers_and_driver_leave_the_table_of_an_uninterrupted_
     assert "driver" in kills, f"no driver was killed mid-run ({kills}): every round finished first"
     assert table(tmp_path / "killed") == table(tmp_path / "whole")
     assert len(table(tmp_path / "whole")) == 6
+
+
+# -- one table however the grid is scheduled ----------------------------------------------------
+
+@pytest.mark.slow   # two smoke grids of 15 cells, one in the driver and one in two worker processes
+def test_a_table_is_the_same_in_the_driver_and_in_two_workers(tmp_path):
+    """CPU float sums depend on the thread count; the smoke preset fixes it per cell (1), so
+    the driver (which would take both cores) and ``--jobs 2`` (one core each) agree."""
+    from uebench.records import iter_records
+    grid = ["--preset", "smoke", "--attacks", "random-noise,classwise-noise,em,tap",
+            "--defenses", "none,iss-gray,cutout", "--quiet", "--no-leaderboard"]
+    tables = []
+    for name, jobs in (("inline", "1"), ("workers", "2")):
+        done = subprocess.run([sys.executable, "-m", "uebench.cli", "run", *grid, "--jobs", jobs,
+                               "--results-dir", str(tmp_path / name)], capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr
+        records = {p.relative_to(tmp_path / name).as_posix(): r for p, r in iter_records(tmp_path / name)}
+        assert len(records) == 15 and all(r["threads"] == 1 for r in records.values())
+        tables.append({path: r["metrics"] for path, r in records.items()})
+    assert tables[0] == tables[1]

@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--protocol", help="supervised | contrastive")
     for flag, kind in [("--epochs", int), ("--batch-size", int), ("--lr", float), ("--weight-decay", float),
                        ("--n-reference", int), ("--n-protected", int), ("--train-subset", int),
-                       ("--test-subset", int)]:
+                       ("--test-subset", int), ("--cell-threads", int)]:
         run.add_argument(flag, type=kind, help="override the preset's value")
     run.add_argument("--schedule", help="onecycle | cosine | multistep")
     run.add_argument("--crop-fill", help="what the training crop pads with: zeros | reflect")
@@ -145,7 +145,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     args.leaderboard = leaderboard_path(args.results_dir, args.leaderboard)
     overrides = {k: getattr(args, k) for k in ("model", "protocol", "epochs", "batch_size", "lr", "weight_decay",
-                                                "n_reference", "n_protected", "train_subset", "test_subset",
+                                                "n_reference", "n_protected", "train_subset", "test_subset", "cell_threads",
                                                 "schedule", "crop_fill") if getattr(args, k) is not None}
     spec = RunSpec(attacks=args.attacks, defenses=args.defenses, preset=args.preset, dataset=args.dataset,
                    seeds=parse_seeds(args.seeds) if args.seeds else None, overrides=overrides,
@@ -173,7 +173,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.no_leaderboard:
         from uebench.runner import check_writable
         check_writable(Path(args.leaderboard).parent, "the leaderboard's folder", "--leaderboard (or --no-leaderboard)")
-    workers = plan_workers(spec) if plan.pending else None
+    workers = plan_workers(spec, plan.config.cell_threads) if plan.pending else None
     if workers:
         print(f"uebench: {workers.describe()}", file=sys.stderr)
     records = run(spec, plan, workers)

@@ -160,6 +160,8 @@ def table_identity(cfg: TableConfig, dataset: Dataset) -> tuple[str, dict]:
              "train": cfg.train.as_dict(), "n_reference": cfg.n_reference, "n_protected": cfg.n_protected,
              "split_seed": cfg.split_seed,
              "contrastive": cfg.contrastive if cfg.protocol == "contrastive" else {}}
+    if cfg.cell_threads is not None:   # absent from the tables made before it was a recipe field
+        ident["cell_threads"] = cfg.cell_threads
     return f"{cfg.protocol}-{cfg.model}-{cfg.train.epochs}ep-{content_key(ident)[:6]}", ident
 
 
@@ -539,14 +541,22 @@ def check_worker_flags(spec: RunSpec) -> None:
         resolve_device(spec.device)
 
 
-def plan_workers(spec: RunSpec) -> Workers:
-    """Where the tasks run: in the driver, in local workers (one per GPU) or on Ray."""
+def plan_workers(spec: RunSpec, cell_threads: int | None = None) -> Workers:
+    """Where the tasks run: in the driver, in local workers (one per GPU) or on Ray.
+
+    ``cell_threads`` (the table's, when its preset fixes it) overrides the CPU threads each
+    task would get from the machine and ``--jobs``: CPU float sums depend on the thread
+    count, so a table whose recipe fixes it comes out the same however it is scheduled.
+    """
     check_worker_flags(spec)
     if spec.backend == "ray":
-        return ray_workers(spec.device, spec.jobs, spec.retries, spec.ray_address)
-    device = resolve_device(spec.device)
-    return local_workers(str(device), spec.jobs, spec.backend, spec.retries,
-                         gpus=torch.cuda.device_count() if device.type == "cuda" else 0, cpus=os.cpu_count() or 1)
+        workers = ray_workers(spec.device, spec.jobs, spec.retries, spec.ray_address)
+    else:
+        device = resolve_device(spec.device)
+        workers = local_workers(str(device), spec.jobs, spec.backend, spec.retries,
+                                gpus=torch.cuda.device_count() if device.type == "cuda" else 0,
+                                cpus=os.cpu_count() or 1)
+    return replace(workers, threads=cell_threads) if cell_threads else workers
 
 
 def _stage1_task(job: Job, fn: Callable, method: Method, seed: int) -> str | None:
@@ -568,7 +578,7 @@ def run(spec: RunSpec, plan: Plan | None = None, workers: Workers | None = None)
     plan = plan or make_plan(spec)
     if not plan.pending:           # resuming a finished grid: no workers to start
         return []
-    workers = workers or plan_workers(spec)
+    workers = workers or plan_workers(spec, plan.config.cell_threads)
     try:
         return _run(spec, plan, workers)
     finally:
