@@ -262,7 +262,8 @@ def test_driver_killed_mid_grid_resumes_to_the_same_table(tmp_path, plugin, monk
     assert uninterrupted.returncode == 0, uninterrupted.stderr
     board = (killed / "board" / "LEADERBOARD.md").read_text()
     assert "| scale-shift |" in board and "Unreadable" not in board
-    assert board == (calm / "board" / "LEADERBOARD.md").read_text()
+    # the same table; each header names its own records folder
+    assert board.replace(str(killed), str(calm)) == (calm / "board" / "LEADERBOARD.md").read_text()
 
 
 # -- Ray ---------------------------------------------------------------------------------
