@@ -203,7 +203,16 @@ def test_em_positive_export_keeps_only_the_positive_half_of_the_noise(tiny, ctx,
     """The official pipeline adds clamp(δ·255, 0, 255): same optimisation, negative values dropped."""
     x, y = tiny
     x = x.clamp(0.1, 0.9)                     # nothing clips, so the added noise is exactly visible
-    signed = cls.for_preset("smoke")(x, y, fresh(ctx)) - x
-    positive = cls.for_preset("smoke", export="positive")(x, y, fresh(ctx)) - x
+    signed = cls.for_preset("smoke", export="signed")(x, y, fresh(ctx)) - x
+    positive = cls.for_preset("smoke")(x, y, fresh(ctx)) - x          # the default: the official export
     assert (signed < -1e-4).any(), "the optimised noise has negative values"
     torch.testing.assert_close(positive, signed.clamp_min(0), atol=1e-6, rtol=0)
+
+
+def test_em_clips_the_surrogate_gradient_as_the_official_trainer(tiny, ctx):
+    """grad_clip bounds each surrogate step; a clip far below the gradient norm changes the noise."""
+    x, y = tiny
+    unclipped = EM.for_preset("smoke", grad_clip=0.0)(x, y, fresh(ctx)) - x
+    clipped = EM.for_preset("smoke", grad_clip=1e-3)(x, y, fresh(ctx)) - x
+    assert EM().grad_clip == 5.0
+    assert not torch.allclose(clipped, unclipped, atol=1e-6)

@@ -17,18 +17,21 @@ def without(params: dict, *names: str) -> dict:
     return {k: v for k, v in params.items() if k not in names}
 
 
+OLD_EM = {"export": "signed", "grad_clip": 0.0}    # EM as it ran before both became options
+
+
 def test_a_record_without_a_new_option_is_finished_where_the_cell_keeps_the_old_behaviour():
-    em, none = configure(ATTACKS, "em", "cpu", {}), configure(DEFENSES, "none", "cpu", {})
-    record = legacy_record("em", "none", without(em.params, "export"), none.params)
+    em, none = configure(ATTACKS, "em", "cpu", OLD_EM), configure(DEFENSES, "none", "cpu", {})
+    record = legacy_record("em", "none", without(em.params, *OLD_EM), none.params)
     assert finished_as(record, Cell(em, none, 0))
-    official = configure(ATTACKS, "em", "cpu", {"export": "positive"})
+    official = configure(ATTACKS, "em", "cpu", {})                          # the defaults changed
     assert not finished_as(record, Cell(official, none, 0))
 
 
 def test_a_record_made_before_a_default_changed_is_stale():
-    em = configure(ATTACKS, "em", "cpu", {})
+    em = configure(ATTACKS, "em", "cpu", OLD_EM)
     le = configure(DEFENSES, "le", "cpu", {})
-    record = legacy_record("em", "le", without(em.params, "export"), without(le.params, "guidance_batch"))
+    record = legacy_record("em", "le", without(em.params, *OLD_EM), without(le.params, "guidance_batch"))
     assert not finished_as(record, Cell(em, le, 0))                           # LE's default is now 500
     strong = configure(DEFENSES, "le", "cpu", {"guidance_batch": 1})
     assert finished_as(record, Cell(em, strong, 0))                           # what it was made with

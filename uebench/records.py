@@ -27,12 +27,12 @@ FINISHED = ("ok", "not-applicable")   # statuses a resume keeps
 # Hyperparameters a method gained after records of it were written, with the value those
 # records were made with: a record that lacks one is read as made with that value. So a new
 # option that keeps the old behaviour available leaves the old records valid where the
-# cell still runs that behaviour (EM's default export), and a default that changed makes
-# them stale (LE's guidance_batch, AR's coefficients) instead of passing them off as current.
+# cell still runs that behaviour, and a default that changed makes them stale (EM's
+# export, LE's guidance_batch, AR's coefficients) instead of passing them off as current.
 # Add a line here whenever a method gains a hyperparameter.
 ADDED_HPARAMS: dict[str, dict[str, Any]] = {
-    "em": {"export": "signed"},                        # 2026-12: the official export, an option
-    "em-classwise": {"export": "signed"},
+    "em": {"export": "signed", "grad_clip": 0.0},      # 2026-12: the official export and clip, the defaults
+    "em-classwise": {"export": "signed", "grad_clip": 0.0},
     "le": {"guidance_batch": 1},                       # 2026-12: the official strength, the default
     "ar": {"norm": "l2", "coefficients": "search"},    # 2026-12: the published CIFAR-10 processes
 }
