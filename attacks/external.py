@@ -26,7 +26,7 @@ class External(Attack):
     order, or a folder of PNGs named by training index (``123.png``; a ``data/``
     subfolder is looked into, as the released TAP and AR folders are laid out). The
     protected images are looked up by their original training indices, which the
-    runner puts in ``ctx.notes["train_indices"]``.
+    runner puts in ``ctx.train_indices``.
     ``norm`` and ``eps`` declare the threat model the poisons were made under (default
     L∞ 8/255); the budget guard checks it against the clean images, so a poison set
     made from a differently decoded copy of the data fails loudly instead of silently.
@@ -51,10 +51,10 @@ class External(Attack):
     def generate(self, x, y, ctx):
         if not self.path:
             raise UserError("external: give the poison file with path=... (an .npz or a folder of PNGs)")
-        indices = ctx.notes.get("train_indices")
+        indices = ctx.train_indices
         if indices is None:
             raise UserError("external: the original training indices of the protected images are unknown "
-                            "(ctx.notes['train_indices'] is not set)")
+                            "(ctx.train_indices is not set)")
         indices = torch.as_tensor(indices, dtype=torch.long).cpu()
         if indices.shape != (len(x),):
             raise UserError(f"external: {len(indices)} training indices for {len(x)} images")

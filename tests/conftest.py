@@ -58,7 +58,8 @@ def cell_runner(results: Path):
     from dataclasses import replace
 
     from uebench.records import read_record
-    from uebench.runner import CLEAN, NONE, RunSpec, make_plan, run
+    from uebench.plan import CLEAN, NONE, RunSpec, make_plan
+    from uebench.runner import run
 
     def run_cells(attacks: list[str], defenses: list[str], cells: list[tuple[str, str]] | None = None,
                   **spec_fields) -> dict[tuple[str, str], dict]:
@@ -77,7 +78,7 @@ def cell_runner(results: Path):
         run(spec, plan)
         records = {(cell.attack.folder, cell.defense.folder): read_record(cell.path(plan.table_dir))
                    for cell in plan.cells}
-        failed = {key: r and r.get("error") for key, r in records.items() if r is None or r["status"] != "ok"}
+        failed = {key: r and r.error for key, r in records.items() if r is None or r.status != "ok"}
         assert not failed, f"cells failed: {failed}"
         return records
 
@@ -104,7 +105,7 @@ def evidence(evidence_records):
     """``evidence(attacks, defenses) -> {(attack, defense): clean test accuracy}`` on the CIFAR-10 subset."""
     def accuracy(attacks: list[str], defenses: list[str], **spec_fields) -> dict[tuple[str, str], float]:
         records = evidence_records(attacks, defenses, **spec_fields)
-        return {key: r["metrics"]["test_acc"] for key, r in records.items()}
+        return {key: r.metrics.test_acc for key, r in records.items()}
 
     return accuracy
 

@@ -41,7 +41,7 @@ def make_context(data: dict, tmp_path) -> Context:
     ctx = Context(device=torch.device("cpu"), seed=0, num_classes=data["classes"], image_shape=(c, s, s),
                   model="smallcnn", train=TrainConfig(epochs=2, batch_size=32), dataset={"name": "tiny"},
                   cache_dir=None, artifact_dir=tmp_path / "artifacts", progress=False)
-    ctx.notes["train_indices"] = torch.arange(N_IMAGES)   # as the runner sets it
+    ctx.train_indices = torch.arange(N_IMAGES)   # as the runner sets it
     return ctx
 
 

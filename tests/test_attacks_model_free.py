@@ -208,7 +208,7 @@ def released():
 def external_ctx(indices):
     ctx = make_ctx(shape=(3, 8, 8))
     if indices is not None:
-        ctx.notes["train_indices"] = indices
+        ctx.train_indices = indices
     return ctx
 
 
@@ -242,7 +242,7 @@ def test_external_reads_grey_pngs_from_a_data_subfolder(tmp_path, released):
         Image.fromarray(poison[i, :, :, 0]).save(tmp_path / "data" / f"{i}.png")
     x = torch.from_numpy(clean[indices.numpy(), :, :, :1]).permute(0, 3, 1, 2).float() / 255
     ctx = Context(device=torch.device("cpu"), seed=0, num_classes=4, image_shape=(1, 8, 8), progress=False)
-    ctx.notes["train_indices"] = indices
+    ctx.train_indices = indices
     out = External(path=str(tmp_path))(x, labels[indices], ctx)
     assert torch.equal(out[:, 0], torch.from_numpy(poison[indices.numpy(), :, :, 0]).float() / 255)
 

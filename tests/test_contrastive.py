@@ -23,7 +23,7 @@ def simplex(n: int) -> torch.Tensor:
 
 
 def contrastive_ctx(ctx, **settings):
-    return replace(ctx, protocol="contrastive", notes={"contrastive": {**SMALL, **settings}})
+    return replace(ctx, protocol="contrastive", contrastive={**SMALL, **settings}, notes={})
 
 
 # -- the loss -------------------------------------------------------------------------
@@ -184,4 +184,4 @@ def test_a_supervised_only_defense_is_refused(ctx, tiny):
 
 def test_unknown_contrastive_setting_is_refused(ctx):
     with pytest.raises(ValueError, match="epoch"):
-        contrastive_config(replace(ctx, notes={"contrastive": {"epoch": 3}}))
+        contrastive_config(replace(ctx, contrastive={"epoch": 3}))

@@ -45,7 +45,7 @@ def grid(evidence_records):
 
 
 def acc(grid, attack: str, defense: str) -> float:
-    return grid[(attack, defense)]["metrics"]["test_acc"]
+    return grid[(attack, defense)].metrics.test_acc
 
 
 @pytest.mark.parametrize("attack", ["classwise-noise", "em"])
@@ -64,7 +64,7 @@ def test_le_beats_avatar_on_em(grid):
 
 
 def test_one_diffusion_model_of_the_reference_split_serves_every_cell(grid):
-    notes = [r["notes"]["defense"] for (a, d), r in grid.items() if d in ("le", "avatar")]
+    notes = [r.notes["defense"] for (a, d), r in grid.items() if d in ("le", "avatar")]
     assert len(notes) == 3
     assert len({n["diffusion"]["cache_key"] for n in notes}) == 1
     for n in notes:
@@ -72,5 +72,5 @@ def test_one_diffusion_model_of_the_reference_split_serves_every_cell(grid):
         assert n["diffusion"]["train_fingerprint"] == n["diffusion"]["reference_fingerprint"]
         assert n["diffusion"]["n_train_images"] == 2000
         assert n["figure"] == "examples.png"
-    le_notes = [r["notes"]["defense"] for (a, d), r in grid.items() if d == "le"]
+    le_notes = [r.notes["defense"] for (a, d), r in grid.items() if d == "le"]
     assert all(n["schedule"]["timesteps"] == [20, 15, 10, 5, 0] and "perceptual" in n for n in le_notes)

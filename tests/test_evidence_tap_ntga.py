@@ -24,18 +24,18 @@ def records(evidence_records):
 
 @pytest.mark.parametrize("attack", ATTACKS)
 def test_attack_takes_ten_points_off_clean_accuracy(records, attack):
-    clean = records["clean"]["metrics"]["test_acc"]
-    poisoned = records[attack]["metrics"]["test_acc"]
+    clean = records["clean"].metrics.test_acc
+    poisoned = records[attack].metrics.test_acc
     assert poisoned <= clean - 0.10, f"{attack}: clean {clean:.3f}, poisoned {poisoned:.3f}"
 
 
 @pytest.mark.parametrize("attack", ATTACKS)
 def test_poisons_use_but_respect_the_budget(records, attack):
-    assert EPS / 2 < records[attack]["budget"]["linf_max"] <= EPS + 1e-6
+    assert EPS / 2 < records[attack].budget["linf_max"] <= EPS + 1e-6
 
 
 def test_attacks_hit_their_own_surrogates(records):
-    tap = records["tap"]["notes"]["attack"]
+    tap = records["tap"].notes["attack"]
     assert tap["tap_surrogate_hit_poisoned"] > tap["tap_surrogate_hit_clean"] + 0.5
-    ntga = records["ntga"]["notes"]["attack"]
+    ntga = records["ntga"].notes["attack"]
     assert ntga["ntga_val_loss"] > ntga["ntga_val_clean_loss"]

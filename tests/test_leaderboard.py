@@ -1,13 +1,14 @@
 """The leaderboard is a pure function of the records: golden markdown, byte-identical reruns."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import pytest
 
 from uebench import leaderboard
-from uebench.records import write_record
+from uebench.records import Record, checksum, write_record
 
 GOLDEN = Path(__file__).parent / "golden" / "leaderboard.md"
 
@@ -34,10 +35,11 @@ def _write_fixture(results: Path, table=TABLE, dataset_dir="npz-toy"):
                                  "threat_model": {"norm": norm, "eps": eps, "text": text}},
                       "defense": {"name": defense, "folder": defense, "hparams": {}, "protocols": ["supervised"]},
                       "status": status, "error": "RuntimeError: out of memory" if status == "failed" else None,
-                      "metrics": {"test_acc": values[seed]} if status == "ok" else {},
+                      "metrics": {"test_acc": values[seed]} if status == "ok" else None,
                       "notes": {"defense": {"figure": "examples.png"}} if defense == "iss-gray" and seed == 0 else {},
                       "finished": f"2026-01-0{seed + 1}T00:00:00+00:00"}
-            write_record(results / dataset_dir / table["id"] / attack / defense / f"seed{seed}.json", record)
+            write_record(results / dataset_dir / table["id"] / attack / defense / f"seed{seed}.json",
+                         Record.from_dict(record))
 
 
 def test_golden_markdown(tmp_path, monkeypatch):
@@ -95,11 +97,13 @@ def test_a_record_without_its_attack_is_reported_and_the_rest_rendered(tmp_path,
     from uebench.cli import main
     _write_fixture(tmp_path / "results")
     bad = tmp_path / "results" / "npz-toy" / TABLE["id"] / "em" / "cutout" / "seed0.json"
-    write_record(bad, {"status": "failed", "error": "ValueError: bad eps", "metrics": {}, "table": TABLE})
+    broken = {"status": "failed", "seed": 0, "error": "ValueError: bad eps", "metrics": {}, "table": TABLE}   # no attack
+    bad.parent.mkdir(parents=True)
+    bad.write_text(json.dumps({**broken, "checksum": checksum(broken)}))
     text = leaderboard.render(tmp_path / "results")
     em_row = next(line for line in text.splitlines() if line.startswith("| em "))
     assert [c.strip() for c in em_row.split("|")[2:-1]] == ["L∞ 8/255", "21.0 ± 1.4", "**67.0 ± 1.4**", "failed"]
-    assert "`npz-toy/supervised-smallcnn-15ep-abc123/em/cutout/seed0.json`: lacks attack.folder" in text
+    assert "`npz-toy/supervised-smallcnn-15ep-abc123/em/cutout/seed0.json`: lacks attack" in text
     out = tmp_path / "board.md"
     assert main(["leaderboard", "--results-dir", str(tmp_path / "results"), "--out", str(out)]) == 1
     err = capsys.readouterr().err

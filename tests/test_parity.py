@@ -17,7 +17,7 @@ import torch
 from uebench.context import Context
 from uebench.data import to_tensor, to_uint8
 from uebench.registry import ATTACKS, DEFENSES
-from uebench.runner import configure
+from uebench.plan import configure
 
 PARITY = Path(__file__).resolve().parents[1].parent / "shared" / "parity"
 SUBSET = PARITY.parent / "data" / "cifar10_subset.npz"
@@ -162,7 +162,7 @@ def test_paper_preset_crops_with_zero_padding_as_apbench():
 def test_the_crop_fill_field_leaves_the_committed_table_id_as_it_was():
     from uebench.data import load_dataset
     from uebench.presets import table_config
-    from uebench.runner import table_identity
+    from uebench.plan import table_identity
     if not SUBSET.exists():
         pytest.skip(f"needs the shared CIFAR-10 subset at {SUBSET}")
     cfg = table_config("cpu", dataset=f"npz:{SUBSET}")

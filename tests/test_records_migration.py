@@ -1,16 +1,20 @@
 """Records written before a method gained a hyperparameter: read with the value they were made with."""
 from __future__ import annotations
 
-from uebench.records import ADDED_HPARAMS, hparams_as_made
+from uebench.records import ADDED_HPARAMS, Record, hparams_as_made
 from uebench.registry import ATTACKS, DEFENSES
-from uebench.runner import Cell, configure, finished_as
+from uebench.plan import Cell, configure, finished_as
 
 
+TABLE = {"id": "t", "preset": "cpu", "protocol": "supervised", "model": "smallcnn", "dataset": {}, "train": {},
+         "split": {}}
 
-def legacy_record(attack: str, defense: str, attack_params: dict, defense_params: dict) -> dict:
+
+def legacy_record(attack: str, defense: str, attack_params: dict, defense_params: dict) -> Record:
     """A finished schema-1 record: the hyperparameters as they were, no code fingerprint."""
-    return {"status": "ok", "attack": {"name": attack, "hparams": attack_params},
-            "defense": {"name": defense, "hparams": defense_params}}
+    return Record.from_dict({"status": "ok", "seed": 0, "schema": 1, "table": TABLE, "metrics": {"test_acc": 0.5},
+                             "attack": {"name": attack, "folder": attack, "hparams": attack_params},
+                             "defense": {"name": defense, "folder": defense, "hparams": defense_params}})
 
 
 def without(params: dict, *names: str) -> dict:

@@ -78,12 +78,12 @@ def test_a_budget_far_above_the_norms_and_a_poison_that_changes_nothing_are_warn
     code, err = _cli(capsys, *base, "-A", "random-noise.eps=1", "--results-dir", str(tmp_path / "big"))
     assert code == 0
     assert "warning: attack random-noise@" in err and "budget L∞ 255/255 is far above the field's norms" in err
-    warned = {p.parts[-3]: r["warnings"] for p, r in iter_records(tmp_path / "big")}
+    warned = {p.parts[-3]: r.warnings for p, r in iter_records(tmp_path / "big")}
     assert warned["clean"] == [] and "L∞ 255/255" in next(w for k, ws in warned.items() if k != "clean" for w in ws)
 
     code, err = _cli(capsys, *base, "-A", "random-noise.eps=0", "--results-dir", str(tmp_path / "zero"))
     assert code == 0 and "the poison of random-noise equals the clean images (L∞ 0)" in err
-    warned = [r["warnings"] for p, r in iter_records(tmp_path / "zero") if p.parts[-3] != "clean"]
+    warned = [r.warnings for p, r in iter_records(tmp_path / "zero") if p.parts[-3] != "clean"]
     assert warned == [["the poison of random-noise equals the clean images (L∞ 0): this row measures clean data"]]
 
     code, err = _cli(capsys, *base, "--results-dir", str(tmp_path / "usual"))
@@ -185,7 +185,7 @@ def test_two_runs_on_one_folder_split_the_grid(tmp_path):
 
 
 def _one_cell_spec(tmp_path):
-    from uebench.runner import RunSpec
+    from uebench.plan import RunSpec
     return RunSpec(attacks="random-noise", defenses="none", preset="smoke", overrides={"epochs": 1},
                    results_dir=tmp_path / "results", progress=False, device="cpu")
 
@@ -196,7 +196,8 @@ def test_a_claim_whose_holder_died_is_taken_over_and_a_live_one_waited_for(tmp_p
     import threading
 
     from uebench.claims import claim_path
-    from uebench.runner import make_plan, run
+    from uebench.plan import make_plan
+    from uebench.runner import run
     spec = _one_cell_spec(tmp_path)
     plan = make_plan(spec)
     def claim(record, pid):
@@ -212,8 +213,8 @@ def test_a_claim_whose_holder_died_is_taken_over_and_a_live_one_waited_for(tmp_p
     claim(attacked_cell, sleeper.pid)
     start = time.monotonic()
     records = run(spec)
-    assert sorted(r["attack"]["name"] for r in records) == ["clean", "random-noise"]
-    assert all(r["status"] == "ok" for r in records)
+    assert sorted(r.attack.name for r in records) == ["clean", "random-noise"]
+    assert all(r.status == "ok" for r in records)
     assert time.monotonic() - start >= 2.5                      # it waited for the live holder
     assert not claim_path(clean_cell).exists() and not claim_path(attacked_cell).exists()
 
@@ -250,7 +251,7 @@ def test_random_kills_of_workers_and_driver_leave_the_table_of_an_uninterrupted_
                 "--results-dir", str(results), "--quiet"]
 
     def table(results):
-        return {p.relative_to(results).as_posix(): (r["status"], r["metrics"].get("test_acc"))
+        return {p.relative_to(results).as_posix(): (r.status, r.test_acc)
                 for p, r in iter_records(results)}
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -293,6 +294,6 @@ def test_a_table_is_the_same_in_the_driver_and_in_two_workers(tmp_path):
                                "--results-dir", str(tmp_path / name)], capture_output=True, text=True, timeout=900)
         assert done.returncode == 0, done.stderr
         records = {p.relative_to(tmp_path / name).as_posix(): r for p, r in iter_records(tmp_path / name)}
-        assert len(records) == 15 and all(r["threads"] == 1 for r in records.values())
-        tables.append({path: r["metrics"] for path, r in records.items()})
+        assert len(records) == 15 and all(r.threads == 1 for r in records.values())
+        tables.append({path: r.metrics for path, r in records.items()})
     assert tables[0] == tables[1]

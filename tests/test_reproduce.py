@@ -60,7 +60,7 @@ def recomputed(tmp_path_factory):
 
 def committed_record(record: dict, attack: str, defense: str) -> dict | None:
     """The committed record of the same cell, or None when it is missing or fails its checksum."""
-    table = COMMITTED / record["table"]["dataset"]["name"] / record["table"]["id"]
+    table = COMMITTED / record.table.dataset["name"] / record.table.id
     return read_record(table / attack / defense / f"seed{record['seed']}.json")
 
 
@@ -75,8 +75,8 @@ def test_committed_cell_reproduces(recomputed, attack, defense):
     for part in ("attack", "defense"):
         made = hparams_as_made(committed[part]["name"], committed[part]["hparams"])
         assert fresh[part]["hparams"] == made, f"{part} of {attack} × {defense} was made otherwise"
-    got, want = fresh["metrics"]["test_acc"], committed["metrics"]["test_acc"]
+    got, want = fresh.metrics.test_acc, committed.metrics.test_acc
     tolerance = CELL_TOLERANCE.get((attack, defense), TOLERANCE)
-    n_test = committed["metrics"]["n_test"]    # compared in whole test images, free of float rounding
+    n_test = committed.metrics.n_test    # compared in whole test images, free of float rounding
     assert abs(round(got * n_test) - round(want * n_test)) <= round(tolerance * n_test), (
         f"{attack} × {defense}: recomputed {got:.4f}, committed {want:.4f} (tolerance {tolerance})")

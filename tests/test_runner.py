@@ -11,8 +11,9 @@ import torch
 
 from registry_sandbox import sandbox_registries
 from uebench.data import load_dataset
-from uebench.records import checksum, read_record, write_record
-from uebench.runner import RunSpec, make_plan, run
+from uebench.records import SCHEMA_VERSION, checksum, read_record, write_record
+from uebench.plan import RunSpec, make_plan
+from uebench.runner import run
 
 # A file plugin that counts its work in files, fails on demand, cheats on demand and
 # records what data the defense was given.
@@ -101,23 +102,25 @@ def test_grid_records_resume_and_force(tmp_path, plugin):
     spec = _spec(tmp_path, path, attacks="counting", defenses="spy", seeds=[0, 1])
     records = run(spec)
     # (clean + 1 attack) x (none + spy) x 2 seeds
-    assert len(records) == 8 and all(r["status"] == "ok" for r in records)
+    assert len(records) == 8 and all(r.status == "ok" for r in records)
     assert _count(log, "generate") == 2          # once per seed, shared by both defenses
     assert _count(log, "fit") == 4
 
     files = sorted((tmp_path / "results").glob("*/*/*/*/seed*.json"))
     assert len(files) == 8
+    raw = json.loads(files[0].read_text())
+    assert raw["checksum"] == checksum(raw) and raw["schema"] == SCHEMA_VERSION
     rec = read_record(files[0])
-    assert rec is not None and rec["checksum"] == checksum(rec)
-    for key in ("uebench_version", "git_commit", "table", "attack", "defense", "seed", "metrics", "timing"):
-        assert key in rec
-    assert rec["table"]["train"]["epochs"] == 1 and rec["table"]["split"]["n_protected"] == 400
-    assert 0.0 <= rec["metrics"]["test_acc"] <= 1.0
-    assert rec["device"] == "cpu" and rec["threads"] == torch.get_num_threads()   # set by the inline worker
+    assert rec.to_dict() == {k: v for k, v in raw.items() if k not in ("checksum", "schema")} | {"schema": rec.schema}
+    for key in ("uebench_version", "git_commit", "table", "metrics", "device", "threads", "finished"):
+        assert getattr(rec, key) is not None, key
+    assert rec.table.train["epochs"] == 1 and rec.table.split["n_protected"] == 400
+    assert 0.0 <= rec.metrics.test_acc <= 1.0
+    assert rec.device == "cpu" and rec.threads == torch.get_num_threads()   # set by the inline worker
 
-    counting = [r for r in records if r["attack"]["name"] == "counting"][0]
-    assert counting["attack"]["hparams"] == {"eps": pytest.approx(4 / 255), "overshoot": 1.0}
-    assert counting["budget"]["linf_max"] == pytest.approx(4 / 255, abs=1e-6)
+    counting = [r for r in records if r.attack.name == "counting"][0]
+    assert counting.attack.hparams == {"eps": pytest.approx(4 / 255), "overshoot": 1.0}
+    assert counting.budget["linf_max"] == pytest.approx(4 / 255, abs=1e-6)
 
     # Resume: the same command does no work at all.
     assert make_plan(spec).pending == []
@@ -127,7 +130,7 @@ def test_grid_records_resume_and_force(tmp_path, plugin):
     victim = [f for f in files if "/counting/spy/seed1" in f.as_posix()][0]
     victim.write_text(victim.read_text()[:50])
     redone = run(spec)
-    assert [(r["attack"]["name"], r["defense"]["name"], r["seed"]) for r in redone] == [("counting", "spy", 1)]
+    assert [(r.attack.name, r.defense.name, r.seed) for r in redone] == [("counting", "spy", 1)]
     assert _count(log, "generate") == 2          # the poison came from the cache
     assert _count(log, "fit") == 5
 
@@ -148,8 +151,8 @@ def test_the_same_data_elsewhere_finds_the_same_table_and_caches(tmp_path, plugi
     here = _spec(tmp_path, path, attacks="counting", defenses="none", dataset=f"npz:{tmp_path / 'here' / 'digits.npz'}")
     there = _spec(tmp_path, path, attacks="counting", defenses="none", dataset=f"npz:{tmp_path / 'there' / 'digits.npz'}")
     records = run(here)
-    assert records and all(r["status"] == "ok" for r in records)
-    assert records[0]["table"]["dataset"]["source"] == str((tmp_path / "here" / "digits.npz").resolve())
+    assert records and all(r.status == "ok" for r in records)
+    assert records[0].table.dataset["source"] == str((tmp_path / "here" / "digits.npz").resolve())
 
     plan = make_plan(there)
     assert plan.table_id == make_plan(here).table_id and plan.pending == []
@@ -161,10 +164,10 @@ def test_figure_rows_are_clean_unlearnable_and_the_defenses_preview(tmp_path, pl
     from PIL import Image
     path, log = plugin
     spec = _spec(tmp_path, path, attacks="counting", defenses="spy", seeds=[0])
-    by_cell = {(r["attack"]["name"], r["defense"]["name"]): r for r in run(spec)}
+    by_cell = {(r.attack.name, r.defense.name): r for r in run(spec)}
     plan = make_plan(spec)
-    assert "figure" not in by_cell["counting", "none"]["notes"]["defense"]    # no preview, no figure
-    figure = by_cell["counting", "spy"]["notes"]["defense"]["figure"]
+    assert "figure" not in by_cell["counting", "none"].notes["defense"]    # no preview, no figure
+    figure = by_cell["counting", "spy"].notes["defense"]["figure"]
     with Image.open(plan.table_dir / "counting" / "spy" / "seed0" / figure) as png:       # digits: 8×8, gray
         image = torch.from_numpy(np.asarray(png.convert("L")))
     assert image.shape == (3 * 9 + 1, 3 * 9 + 1)          # 3 rows (clean, unlearnable, preview) of 3 images
@@ -187,21 +190,21 @@ def test_a_record_made_with_other_hyperparameters_is_stale(tmp_path, plugin, mon
     stale = make_plan(spec).pending
     assert sorted((c.attack.folder, c.defense.folder) for c in stale) == [("counting", "none"), ("counting", "spy")]
     redone = run(spec)
-    assert [r["attack"]["hparams"]["eps"] for r in redone] == pytest.approx([2 / 255, 2 / 255])
+    assert [r.attack.hparams["eps"] for r in redone] == pytest.approx([2 / 255, 2 / 255])
     assert make_plan(spec).pending == []
 
 
 def test_crashing_plugin_is_isolated(tmp_path, plugin):
     path, _ = plugin
     records = run(_spec(tmp_path, path, attacks="crashing,counting", defenses="none"))
-    by_attack = {r["attack"]["name"]: r for r in records}
-    assert by_attack["crashing"]["status"] == "failed"
-    assert "this plugin always crashes" in by_attack["crashing"]["error"]
-    assert by_attack["counting"]["status"] == "ok" and by_attack["clean"]["status"] == "ok"
+    by_attack = {r.attack.name: r for r in records}
+    assert by_attack["crashing"].status == "failed"
+    assert "this plugin always crashes" in by_attack["crashing"].error
+    assert by_attack["counting"].status == "ok" and by_attack["clean"].status == "ok"
     # the failure is on disk too, and the failed cell is retried by the next run
-    assert read_record(tmp_path / "results" / records[0]["table"]["dataset"]["name"] /
-                       records[0]["table"]["id"] / "crashing" / "none" / "seed0.json")["status"] == "failed"
-    assert [r["attack"]["name"] for r in run(_spec(tmp_path, path, attacks="crashing,counting",
+    assert read_record(tmp_path / "results" / records[0].table.dataset["name"] /
+                       records[0].table.id / "crashing" / "none" / "seed0.json").status == "failed"
+    assert [r.attack.name for r in run(_spec(tmp_path, path, attacks="crashing,counting",
                                                    defenses="none"))] == ["crashing"]
 
 
@@ -209,12 +212,12 @@ def test_budget_guard_fails_the_cell_before_training(tmp_path, plugin):
     path, log = plugin
     records = run(_spec(tmp_path, path, attacks="counting", defenses="spy",
                         attack_params={"counting": {"overshoot": 1.5}}))
-    bad = [r for r in records if r["attack"]["name"] == "counting"]
-    assert {r["status"] for r in bad} == {"failed"}
-    assert all("L∞" in r["error"] or "linf" in r["error"].lower() for r in bad)
+    bad = [r for r in records if r.attack.name == "counting"]
+    assert {r.status for r in bad} == {"failed"}
+    assert all("L∞" in r.error or "linf" in r.error.lower() for r in bad)
     assert _count(log, "fit") == 1               # only the clean row reached the defense
     # a non-default hyperparameter gets its own folder, so it never overwrites the default
-    assert bad[0]["attack"]["folder"].startswith("counting@")
+    assert bad[0].attack.folder.startswith("counting@")
 
 
 def test_defense_never_sees_the_test_set(tmp_path, plugin):
@@ -236,9 +239,9 @@ def test_jobs_give_the_same_numbers(tmp_path, plugin):
     path, _ = plugin
     one = run(_spec(tmp_path / "a", path, attacks="counting", defenses="none"))
     two = run(_spec(tmp_path / "b", path, attacks="counting", defenses="none", jobs=2))
-    acc = lambda recs: sorted((r["attack"]["name"], r["metrics"]["test_acc"]) for r in recs)
+    acc = lambda recs: sorted((r.attack.name, r.metrics.test_acc) for r in recs)
     assert acc(one) == acc(two)
-    assert np.isfinite([r["metrics"]["train_acc"] for r in two]).all()
+    assert np.isfinite([r.metrics.train_acc for r in two]).all()
 
 
 def test_a_record_tampered_in_place_is_found_corrupt_and_redone(tmp_path, capsys):
@@ -265,7 +268,7 @@ def test_a_record_tampered_in_place_is_found_corrupt_and_redone(tmp_path, capsys
     assert main(argv) == 0
     err = capsys.readouterr().err
     assert f"corrupt record {record}" in err and "1 to run" in err
-    assert read_record(record)["metrics"]["test_acc"] == accuracy       # redone, bit for bit
+    assert read_record(record).metrics.test_acc == accuracy       # redone, bit for bit
 
 
 def test_an_edited_plugin_remakes_its_poison_and_its_records(tmp_path, plugin):
@@ -274,8 +277,8 @@ def test_an_edited_plugin_remakes_its_poison_and_its_records(tmp_path, plugin):
     from uebench import registry
     path, log = plugin
     spec = _spec(tmp_path, path, attacks="counting", defenses="none")
-    first = {r["attack"]["name"]: r for r in run(spec)}
-    assert first["counting"]["attack"]["code"] and first["counting"]["budget"]["linf_max"] > 0
+    first = {r.attack.name: r for r in run(spec)}
+    assert first["counting"].attack.code and first["counting"].budget["linf_max"] > 0
     assert make_plan(spec).pending == []
 
     path.write_text(PLUGIN.replace("return (x + sign * self.eps * self.overshoot).clamp(0, 1)", "return x"))
@@ -288,7 +291,7 @@ def test_an_edited_plugin_remakes_its_poison_and_its_records(tmp_path, plugin):
     assert [(c.attack.name, c.defense.name) for c in stale] == [("counting", "none")]   # clean: other code
     again = run(spec)
     assert _count(log, "generate") == 2                       # the poison was made again, by the new code
-    assert again[0]["budget"]["linf_max"] == 0 and again[0]["attack"]["code"] != first["counting"]["attack"]["code"]
+    assert again[0].budget["linf_max"] == 0 and again[0].attack.code != first["counting"].attack.code
 
 
 def test_a_legacy_record_without_a_fingerprint_stays_finished(tmp_path, plugin):
@@ -298,7 +301,6 @@ def test_a_legacy_record_without_a_fingerprint_stays_finished(tmp_path, plugin):
     run(spec)
     for record_path in (tmp_path / "results").rglob("seed0.json"):
         record = read_record(record_path)
-        for part in ("attack", "defense"):
-            del record[part]["code"]
-        write_record(record_path, {**record, "schema": 1})
+        record.attack.code = record.defense.code = None      # as written before fingerprints
+        write_record(record_path, record)
     assert make_plan(spec).pending == []

@@ -2,7 +2,6 @@
 killed run, racing record writers, stale temp files, and the Ray backend."""
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import signal
@@ -16,8 +15,9 @@ import pytest
 
 from registry_sandbox import sandbox_registries
 from uebench.cli import main
-from uebench.records import iter_records, read_record, write_record
-from uebench.runner import RunSpec, run
+from uebench.records import AttackInfo, DefenseInfo, Record, iter_records, read_record, write_record
+from uebench.plan import RunSpec
+from uebench.runner import run
 from uebench.workers import Task, Workers, local_workers, remove_stale_temp_files, run_tasks
 
 # Cells log their fits (one line "fit attack/defense/seedK") so a test can tell which cells
@@ -126,7 +126,7 @@ def _hold_slot(job, index: int, meeting: str) -> tuple:
 
 def test_concurrent_tasks_hold_distinct_device_slots(tmp_path):
     """Two worker processes, two stand-in devices: tasks running at the same time never share a slot."""
-    from uebench.runner import Job
+    from uebench.job import Job
     _fresh_loky_workers()
     job = Job(RunSpec(), None, tmp_path, tmp_path, "cpu", 1, False)
     workers = Workers("loky", 2, "cpu", 1, slots=("cpu", "cpu"))
@@ -144,15 +144,20 @@ def test_concurrent_tasks_hold_distinct_device_slots(tmp_path):
 
 # -- records never corrupt ---------------------------------------------------------------
 
+def _toy_record(**notes) -> Record:
+    return Record(status="failed", seed=0, attack=AttackInfo("a", "a"), defense=DefenseInfo("none", "none"),
+                  notes=notes)
+
+
 def _write_many(path: str, writer: int, count: int) -> None:
     for i in range(count):
-        write_record(Path(path), {"writer": writer, "i": i, "status": "ok", "payload": "x" * 20_000})
+        write_record(Path(path), _toy_record(writer=writer, i=i, payload="x" * 20_000))
 
 
 def test_two_writers_racing_on_one_record(tmp_path):
     """Two processes rewrite the same cell; a reader never sees a torn or mixed file."""
     path = tmp_path / "a" / "none" / "seed0.json"
-    write_record(path, {"writer": -1, "i": 0, "status": "ok", "payload": ""})
+    write_record(path, _toy_record(writer=-1, i=0, payload=""))
     ctx = multiprocessing.get_context("fork")
     writers = [ctx.Process(target=_write_many, args=(str(path), k, 150)) for k in (0, 1)]
     for w in writers:
@@ -164,16 +169,16 @@ def test_two_writers_racing_on_one_record(tmp_path):
         w.join()
         assert w.exitcode == 0
     assert len(reads) > 10 and all(r is not None for r in reads)
-    assert {r["writer"] for r in reads} <= {-1, 0, 1}
+    assert {r.notes["writer"] for r in reads} <= {-1, 0, 1}
     final = read_record(path)
-    assert final["i"] == 149 and final["payload"] == "x" * 20_000
+    assert final.notes["i"] == 149 and final.notes["payload"] == "x" * 20_000
     assert [p.name for p in path.parent.iterdir()] == ["seed0.json"]      # no temp file left behind
 
 
 def test_stale_temp_files_are_ignored_and_cleaned(tmp_path):
     results = tmp_path / "results"
     cell = results / "digits" / "table" / "a" / "none"
-    write_record(cell / "seed0.json", {"status": "ok"})
+    write_record(cell / "seed0.json", _toy_record())
     dead = cell / ".tmp-seed1-k1ll3d.json"            # a writer killed mid-write, an hour ago
     dead.write_text('{"status": "ok", "metr')
     os.utime(dead, (time.time() - 3600,) * 2)
@@ -196,16 +201,16 @@ def test_worker_killed_by_a_plugin_is_retried_then_recorded_as_failed(tmp_path, 
     records = run(RunSpec(attacks="scale-shift", defenses="scale-fragile", preset="smoke",
                           overrides=SMALL, results_dir=tmp_path / "results", progress=False,
                           plugins=[str(path)], device="cpu", jobs=2, retries=1))
-    by_cell = {(r["attack"]["name"], r["defense"]["name"]): r for r in records}
+    by_cell = {(r.attack.name, r.defense.name): r for r in records}
     assert len(records) == 4 and len(by_cell) == 4                 # each cell delivered once
     doomed = by_cell[("clean", "scale-fragile")]
-    assert doomed["status"] == "failed"
-    assert "worker died 2 times" in doomed["error"] and "TerminatedWorkerError" in doomed["error"]
+    assert doomed.status == "failed"
+    assert "worker died 2 times" in doomed.error and "TerminatedWorkerError" in doomed.error
     assert _fits(log).count("fit clean/scale-fragile/seed0") == 2    # one run plus one retry
-    assert all(r["status"] == "ok" for key, r in by_cell.items() if key != ("clean", "scale-fragile"))
-    on_disk = {(r["attack"]["name"], r["defense"]["name"]): r["status"]
+    assert all(r.status == "ok" for key, r in by_cell.items() if key != ("clean", "scale-fragile"))
+    on_disk = {(r.attack.name, r.defense.name): r.status
                for _, r in iter_records(tmp_path / "results")}
-    assert on_disk == {key: r["status"] for key, r in by_cell.items()}
+    assert on_disk == {key: r.status for key, r in by_cell.items()}
 
 
 # -- a killed driver loses nothing -------------------------------------------------------
@@ -220,7 +225,7 @@ def _command(root: Path, plugin: Path) -> list[str]:
 
 def _finished(results: Path) -> set[str]:
     return {"/".join(p.parts[-3:-1] + (p.stem,)) for p, r in iter_records(results)
-            if r is not None and r["status"] == "ok"}
+            if isinstance(r, Record) and r.status == "ok"}
 
 
 @pytest.mark.slow   # minutes: real worker processes / a real Ray instance
@@ -283,10 +288,10 @@ def test_ray_backend_gives_the_records_of_the_local_backend(tmp_path, monkeypatc
         ray.shutdown()
 
     def outcome(records):
-        return {(r["attack"]["name"], r["defense"]["name"], r["seed"]): (r["status"], r["metrics"], r["budget"])
+        return {(r.attack.name, r.defense.name, r.seed): (r.status, r.metrics, r.budget)
                 for r in records}
     assert len(remote) == 3 and outcome(remote) == outcome(local)
-    assert all(r["status"] == "ok" for r in remote)
+    assert all(r.status == "ok" for r in remote)
     assert {p.relative_to(tmp_path / "ray").as_posix() for p, _ in iter_records(tmp_path / "ray")} == \
            {p.relative_to(tmp_path / "local").as_posix() for p, _ in iter_records(tmp_path / "local")}
 

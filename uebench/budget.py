@@ -115,3 +115,12 @@ def _describe(norm: str, value: float, eps: float) -> str:
     if norm == "l2":
         return f"L2 budget exceeded: ‖δ‖₂ = {value:.4g} > budget {eps:.4g}"
     return f"L0 budget exceeded: {int(value)} pixel positions changed > budget {int(eps)}"
+
+
+def measured_budget(clean: torch.Tensor, poisoned: torch.Tensor) -> dict[str, float]:
+    """The largest perturbation of any image, in each norm (for the record)."""
+    delta = (poisoned - clean).flatten(1)
+    changed = ((poisoned - clean).abs().amax(1) > 0).flatten(1).sum(1)   # pixel positions
+    return {"linf_max": float(delta.abs().max()) if delta.numel() else 0.0,
+            "l2_max": float(delta.norm(dim=1).max()) if delta.numel() else 0.0,
+            "l0_max": int(changed.max()) if changed.numel() else 0}

@@ -7,7 +7,6 @@ stderr saying what to do; nothing written).
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -141,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from uebench import leaderboard
-    from uebench.runner import RunSpec, check_worker_flags, make_plan, plan_workers, run
+    from uebench.plan import RunSpec, check_writable, make_plan
+    from uebench.runner import check_worker_flags, plan_workers, run
 
     args.leaderboard = leaderboard_path(args.results_dir, args.leaderboard)
     overrides = {k: getattr(args, k) for k in ("model", "protocol", "epochs", "batch_size", "lr", "weight_decay",
@@ -171,19 +171,17 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"{cell.attack.folder}\t{cell.defense.folder}\tseed {cell.seed}")
         return 0
     if not args.no_leaderboard:
-        from uebench.runner import check_writable
         check_writable(Path(args.leaderboard).parent, "the leaderboard's folder", "--leaderboard (or --no-leaderboard)")
     workers = plan_workers(spec, plan.config.cell_threads) if plan.pending else None
     if workers:
         print(f"uebench: {workers.describe()}", file=sys.stderr)
     records = run(spec, plan, workers)
-    failed = [r for r in records if r["status"] == "failed"]
+    failed = [r for r in records if r.status == "failed"]
     planned = {w for cell in plan.pending for w in cell.attack.warnings}
-    for warning in sorted({w for r in records for w in r.get("warnings", [])} - planned):
+    for warning in sorted({w for r in records for w in r.warnings} - planned):
         print(f"uebench: warning: {warning}", file=sys.stderr)
     for r in failed:
-        print(f"FAILED {r.get('attack', {}).get('folder')} / {r.get('defense', {}).get('folder')} / "
-              f"seed {r.get('seed')}: {r['error']}", file=sys.stderr)
+        print(f"FAILED {r.attack.folder} / {r.defense.folder} / seed {r.seed}: {r.error}", file=sys.stderr)
     if not args.no_leaderboard:
         out = leaderboard.write(args.results_dir, args.leaderboard)
         print(f"uebench: leaderboard written to {out}", file=sys.stderr)

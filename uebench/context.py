@@ -5,11 +5,6 @@ never see the test set through it.
 """
 from __future__ import annotations
 
-import hashlib
-import inspect
-import json
-import os
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -19,43 +14,15 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from uebench.models import create_model
+from uebench.storage import code_fingerprint, content_key, write_atomic  # noqa: F401 (re-exported for methods)
 from uebench.train import TrainConfig, train_supervised
 
 T = TypeVar("T")
 
 
-def content_key(obj: Any) -> str:
-    """A stable hash of a JSON-able description (used for every cache key)."""
-    blob = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def code_fingerprint(*objects: Any) -> str:
-    """A hash of the source files of the modules that define ``objects``, plus uebench's
-    version: what a cache entry or a record was made by. Editing a method's file (a plugin's
-    ``generate``, say) changes it, so what the old code made is never served as the new one's."""
-    from uebench import __version__
-    digest = hashlib.sha256(__version__.encode())
-    for obj in objects:
-        module = inspect.getmodule(obj)
-        try:
-            digest.update(Path(inspect.getsourcefile(module)).read_bytes())
-        except (TypeError, OSError):      # no source file (built in the interpreter): its name stands in
-            digest.update(f"{getattr(obj, '__module__', '?')}:{getattr(obj, '__qualname__', obj)}".encode())
-    return digest.hexdigest()[:12]
-
-
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """Write via a temporary file and rename, so a killed process never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """``torch.save`` through :func:`uebench.storage.write_atomic`."""
+    write_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
 @dataclass
@@ -67,11 +34,15 @@ class Context:
     model: str = "smallcnn"                    # victim (and default surrogate) architecture
     train: TrainConfig = field(default_factory=TrainConfig)
     protocol: str = "supervised"               # supervised | contrastive
+    contrastive: dict = field(default_factory=dict)  # the table's SimCLR settings (contrastive protocol)
     dataset: dict = field(default_factory=dict)  # the dataset's identity, for cache keys
     cache_dir: Path | None = None
-    artifact_dir: Path | None = None           # where a cell may write figures
+    artifact_dir: Path | None = None           # the cell's own folder, for a method's figures or files
+    # positions of the protected images in the dataset's training split (for an attack that
+    # imports a released poison set); set while a poison set is made
+    train_indices: torch.Tensor | None = None
     progress: bool = True
-    notes: dict = field(default_factory=dict)  # methods add facts for the record here
+    notes: dict = field(default_factory=dict)  # output only: methods add facts for the record here
     # first images of what a defense made of the training set (e.g. "purified"); the runner
     # draws them under the clean and unlearnable images (which the defense never sees)
     previews: dict = field(default_factory=dict)

@@ -21,7 +21,7 @@ the SupContrast code; it multiplies the effective learning rate by about 7); set
 ``base_temperature = temperature`` for the plain NT-Xent.
 
 Settings come from :class:`ContrastiveConfig`; a table overrides them through
-``ctx.notes["contrastive"]`` (a dict of field values). The values used are written to
+``ctx.contrastive`` (a dict of field values). The values used are written to
 ``ctx.notes["contrastive_protocol"]`` for the record.
 
 Deviations from the released code:
@@ -117,8 +117,8 @@ class ContrastiveConfig:
 
 
 def contrastive_config(ctx: "Context") -> ContrastiveConfig:
-    """The table's settings: the defaults with ``ctx.notes["contrastive"]`` applied."""
-    overrides = dict(ctx.notes.get("contrastive", {}))
+    """The table's settings: the defaults with ``ctx.contrastive`` applied."""
+    overrides = dict(ctx.contrastive)
     known = {f.name for f in dataclasses.fields(ContrastiveConfig)}
     unknown = sorted(set(overrides) - known)
     if unknown:

@@ -7,46 +7,33 @@ give byte-identical markdown (no timestamps, everything sorted).
 """
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from uebench.records import iter_records
+from uebench.plan import CLEAN, NONE
+from uebench.records import Record, RecordError, iter_records
+from uebench.storage import write_atomic
 
-CLEAN, NONE = "clean", "none"
+Entry = tuple[str, Record]   # a record and its path relative to the results folder
 
 
-def collect(results_dir: Path) -> tuple[dict[tuple[str, str], list[dict]], list[tuple[Path, str]]]:
-    """Records grouped by (dataset folder, table id), and the unreadable ones with the reason:
+def collect(results_dir: Path) -> tuple[dict[tuple[str, str], list[Entry]], list[tuple[Path, str]]]:
+    """Records grouped by (dataset folder, table id), and the unusable ones with the reason:
     one bad record is reported, never a reason to lose the rest of the table."""
-    tables: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    tables: dict[tuple[str, str], list[Entry]] = defaultdict(list)
     unreadable = []
     for path, record in iter_records(results_dir):
-        problem = "truncated or failing its checksum" if record is None else missing_field(record)
-        if problem:
-            unreadable.append((path, problem))
-            continue
-        record["_path"] = path.relative_to(results_dir).as_posix()
-        tables[(path.parts[-5], path.parts[-4])].append(record)
+        if isinstance(record, RecordError):
+            unreadable.append((path, str(record).removeprefix(f"{path}: ")))
+        elif record.table is None or record.attack.threat_model is None:   # failed before it was described
+            unreadable.append((path, "lacks table" if record.table is None else "lacks attack.threat_model"))
+        else:
+            tables[(path.parts[-5], path.parts[-4])].append((path.relative_to(results_dir).as_posix(), record))
     return dict(sorted(tables.items())), unreadable
-
-
-def missing_field(record: dict) -> str | None:
-    """What a record lacks that a table needs (e.g. a failed cell written before it knew its
-    attack), or None."""
-    needed = [("table", "id"), ("table", "protocol"), ("attack", "folder"), ("attack", "threat_model", "text"),
-              ("defense", "folder"), ("seed",), ("status",)]
-    if record.get("status") == "ok":
-        needed.append(("metrics", "test_acc"))
-    for keys in needed:
-        value = record
-        for key in keys:
-            if not isinstance(value, dict) or key not in value:
-                return f"lacks {'.'.join(keys)}"
-            value = value[key]
-    return None
 
 
 def _order(names: set[str], first: str) -> list[str]:
@@ -59,27 +46,27 @@ def _cell(values: list[float]) -> str:
     return f"{100 * np.mean(values):.1f} ± {100 * np.std(values, ddof=1):.1f}"
 
 
-def render_table(records: list[dict], results_link: str = "../results") -> str:
+def render_table(entries: list[Entry], results_link: str = "../results") -> str:
     """Markdown for one table's records."""
-    first = records[0]
-    table = first["table"]
-    rows = {r["attack"]["folder"] for r in records}
-    cols = {r["defense"]["folder"] for r in records}
+    records = [r for _, r in entries]
+    table = records[0].table
+    rows = {r.attack.folder for r in records}
+    cols = {r.defense.folder for r in records}
     scores: dict[tuple[str, str], list[float]] = defaultdict(list)
     status: dict[tuple[str, str], set[str]] = defaultdict(set)
     threat, figures, seeds, versions = {}, [], set(), set()
-    for r in sorted(records, key=lambda r: (r["attack"]["folder"], r["defense"]["folder"], r["seed"])):
-        key = (r["attack"]["folder"], r["defense"]["folder"])
-        status[key].add(r["status"])
-        threat[r["attack"]["folder"]] = r["attack"]["threat_model"]["text"]
-        seeds.add(r["seed"])
-        versions.add(f"{r.get('uebench_version', '?')} ({str(r.get('git_commit', '?'))[:12]})")
-        if r["status"] == "ok":
-            scores[key].append(r["metrics"]["test_acc"])
-            figure = (r.get("notes", {}).get("defense") or {}).get("figure")
+    for path, r in sorted(entries, key=lambda e: (e[1].attack.folder, e[1].defense.folder, e[1].seed)):
+        key = (r.attack.folder, r.defense.folder)
+        status[key].add(r.status)
+        threat[r.attack.folder] = r.attack.threat_model.text
+        seeds.add(r.seed)
+        versions.add(f"{r.uebench_version or '?'} ({(r.git_commit or '?')[:12]})")
+        if r.status == "ok":
+            scores[key].append(r.metrics.test_acc)
+            figure = (r.notes.get("defense") or {}).get("figure")
             if figure:
-                fig_path = Path(r["_path"]).with_suffix("") / figure
-                figures.append(f"[{key[0]} / {key[1]} / seed {r['seed']}]({results_link}/{fig_path.as_posix()})")
+                fig_path = Path(path).with_suffix("") / figure
+                figures.append(f"[{key[0]} / {key[1]} / seed {r.seed}]({results_link}/{fig_path.as_posix()})")
 
     row_names, col_names = _order(rows, CLEAN), _order(cols, NONE)
     body = []
@@ -102,22 +89,21 @@ def render_table(records: list[dict], results_link: str = "../results") -> str:
         body.append(line)
     df = pd.DataFrame(body, columns=["attack", "budget", *col_names])
 
-    t, split = table["train"], table["split"]
-    ds = table["dataset"]
-    if table["protocol"] == "contrastive":      # SimCLR, then a linear probe: the supervised recipe is unused
-        simclr = table.get("contrastive") or {}
+    t, split, ds = table.train, table.split, table.dataset
+    if table.protocol == "contrastive":      # SimCLR, then a linear probe: the supervised recipe is unused
+        simclr = table.contrastive
         title = f"{simclr['epochs']} SimCLR epochs" if "epochs" in simclr else "SimCLR"
-        protocol = (f"contrastive; a SimCLR encoder `{table['model']}` trained without labels on the (defended) "
+        protocol = (f"contrastive; a SimCLR encoder `{table.model}` trained without labels on the (defended) "
                     f"training set, then a linear probe on its frozen features with the training labels; settings "
-                    f"that differ from the published SimCLR protocol: {simclr or 'none'}; preset `{table['preset']}`.")
+                    f"that differ from the published SimCLR protocol: {simclr or 'none'}; preset `{table.preset}`.")
     else:
         title = f"{t['epochs']} epochs"
-        protocol = (f"supervised; victim `{table['model']}` trained {t['epochs']} epochs, SGD lr {t['lr']} "
+        protocol = (f"supervised; victim `{table.model}` trained {t['epochs']} epochs, SGD lr {t['lr']} "
                     f"({t['schedule']}), momentum {t['momentum']}{' Nesterov' if t['nesterov'] else ''}, weight decay "
                     f"{t['weight_decay']}, batch {t['batch_size']}, random crop (pad {t['crop_pad']} at 32 px, {t.get('crop_fill', 'reflect')} padding) + flip; "
-                    f"preset `{table['preset']}`.")
+                    f"preset `{table.preset}`.")
     lines = [
-        f"## {ds['name']} · {table['protocol']} · {table['model']} · {title} (`{table['id']}`)",
+        f"## {ds['name']} · {table.protocol} · {table.model} · {title} (`{table.id}`)",
         "",
         f"- **Protocol**: {protocol}",
         f"- **Data**: `{ds['name']}` ({ds['shape'][1]}×{ds['shape'][2]}×{ds['shape'][0]}); {split['n_protected']} "
@@ -128,8 +114,8 @@ def render_table(records: list[dict], results_link: str = "../results") -> str:
         f"- **uebench**: {', '.join(sorted(versions))}.",
     ]
     lines += ["", df.to_markdown(index=False, disable_numparse=True), ""]
-    failed = sorted({f"{r['attack']['folder']} / {r['defense']['folder']} / seed {r['seed']}: {r['error']}"
-                     for r in records if r["status"] == "failed"})
+    failed = sorted({f"{r.attack.folder} / {r.defense.folder} / seed {r.seed}: {r.error}"
+                     for r in records if r.status == "failed"})
     if failed:
         lines += ["Failed cells:", ""] + [f"- {f}" for f in failed] + [""]
     if figures:
@@ -155,8 +141,8 @@ def render(results_dir: Path, results_link: str = "../results") -> str:
              "do not edit by hand.", ""]
     if not tables:
         parts += ["No results yet: run `uebench run`.", ""]
-    for (_, _), records in tables.items():
-        parts.append(render_table(records, results_link))
+    for entries in tables.values():
+        parts.append(render_table(entries, results_link))
     if unreadable:
         parts += ["Unreadable records (left out of the tables; re-run to redo them):", ""]
         parts += [f"- `{p.relative_to(results_dir).as_posix()}`: {why}" for p, why in unreadable] + [""]
@@ -165,14 +151,7 @@ def render(results_dir: Path, results_link: str = "../results") -> str:
 
 def write(results_dir: Path, out_path: Path) -> Path:
     """Render and write atomically."""
-    import os
-    import tempfile
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     link = os.path.relpath(Path(results_dir).resolve(), out_path.parent.resolve())
-    text = render(results_dir, results_link=Path(link).as_posix())
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=".tmp-", suffix=".md")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, out_path)
+    write_atomic(out_path, render(results_dir, results_link=Path(link).as_posix()))
     return out_path

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from uebench.records import FINISHED, read_record
+from uebench.records import read_record
 from uebench.registry import UserError
 
 BACKENDS = ("loky", "threading", "ray")
@@ -226,7 +226,7 @@ class _Attempts:
         """Deliver a cell whose worker finished its record before dying."""
         path = self.tasks[index].record
         record = read_record(path) if path is not None else None
-        if record is not None and record.get("status") in FINISHED:
+        if record is not None and record.finished_ok:
             self.deliver(index, record)
             return True
         return False
@@ -338,7 +338,7 @@ def _run_on_ray(tasks: list[Task], workers: Workers, deliver: Callable[[int, Any
 
 def remove_stale_temp_files(folders: Iterable[Path], older_than_s: float = 300.0) -> int:
     """Delete temporary files left in ``folders`` (not below) by writers killed mid-write
-    (records: ``.tmp-*``; cache entries: ``.*.tmp``). Readers never look at them; only old ones
+    (``.*.tmp``, as ``storage.write_atomic`` names them; ``.tmp-*`` from older versions). Readers never look at them; only old ones
     go, since a live writer on another worker may be about to rename its own."""
     cutoff, removed = time.time() - older_than_s, 0
     for folder in folders:

@@ -13,8 +13,9 @@ import time
 import pytest
 
 from registry_sandbox import sandbox_registries
-from uebench.records import write_record
-from uebench.runner import RunSpec, make_plan, pending_cells, run
+from uebench.records import AttackInfo, DefenseInfo, Metrics, Record, TableInfo, write_record
+from uebench.plan import RunSpec, make_plan, scan_records
+from uebench.runner import run
 
 N_ATTACKS, N_DEFENSES = 100, 99          # + the clean row and the no-defense column: 101 × 100 cells
 
@@ -45,7 +46,7 @@ PLUGIN = textwrap.dedent(f'''
 
 @pytest.fixture
 def finished_grid(tmp_path, monkeypatch):
-    from uebench import records
+    from uebench import storage
     sandbox_registries(monkeypatch)
     plugin = tmp_path / "bench_plugin.py"
     plugin.write_text(PLUGIN)
@@ -53,15 +54,17 @@ def finished_grid(tmp_path, monkeypatch):
                    results_dir=tmp_path / "results", plugins=[str(plugin)], progress=False)
     plan = make_plan(spec)
     with monkeypatch.context() as m:
-        m.setattr(records.os, "fsync", lambda fd: None)   # setup only: 10,000 disk flushes take minutes
+        m.setattr(storage.os, "fsync", lambda fd: None)   # setup only: 10,000 disk flushes take minutes
+        table = TableInfo(id=plan.table_id, preset="smoke", protocol="supervised", model="smallcnn",
+                          dataset={}, train={}, split={})
         for cell in plan.cells:
-            write_record(cell.path(plan.table_dir), {
-                "status": "ok", "seed": cell.seed, "metrics": {"test_acc": 0.5, "train_acc": 0.9},
-                "attack": {"name": cell.attack.name, "folder": cell.attack.folder, "hparams": cell.attack.params,
-                           "paper": "A. Author et al., A paper on unlearnable examples, Venue 2024"},
-                "defense": {"name": cell.defense.name, "folder": cell.defense.folder,
-                            "hparams": cell.defense.params, "paper": "B. Author et al., Venue 2024"},
-                "timing": {"fit_s": 12.3, "cell_s": 13.4}, "notes": {"attack": {}, "defense": {}}})
+            write_record(cell.path(plan.table_dir), Record(
+                status="ok", seed=cell.seed, table=table, metrics=Metrics(test_acc=0.5, train_acc=0.9),
+                attack=AttackInfo(cell.attack.name, cell.attack.folder, cell.attack.params, code=cell.attack.code,
+                                  paper="A. Author et al., A paper on unlearnable examples, Venue 2024"),
+                defense=DefenseInfo(cell.defense.name, cell.defense.folder, cell.defense.params,
+                                    code=cell.defense.code, paper="B. Author et al., Venue 2024"),
+                timing={"fit_s": 12.3, "cell_s": 13.4}, notes={"attack": {}, "defense": {}}))
     return spec, plan
 
 
@@ -71,7 +74,7 @@ def test_resume_a_finished_grid_of_10000_cells(benchmark, finished_grid):
     assert len(plan.cells) == (N_ATTACKS + 1) * (N_DEFENSES + 1) >= 10_000
 
     start = time.perf_counter()
-    assert pending_cells(plan.cells, plan.table_dir) == []       # reads and checksums every record
+    assert scan_records(plan.cells, plan.table_dir) == ([], [])       # reads and checksums every record
     benchmark.extra_info["scan_s"] = round(time.perf_counter() - start, 3)
 
     assert benchmark.pedantic(run, args=(spec,), rounds=5, iterations=1) == []

@@ -1,0 +1,255 @@
+"""Planning: which cells a command asks for, and which of them still need running.
+
+The grid is (attacks + the clean row) × (defenses + the no-defense column) × seeds. A plan
+resolves names, checks every input (hyperparameters, budgets, data, the results folder)
+before any work starts, and reads the existing records to find the pending cells: a cell is
+finished when its record is intact, final, and made with the hyperparameters and code the
+cell has now. Nothing here trains or generates anything, so a plan is cheap to make and test.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from uebench.api import hparams, typed_hparams
+from uebench.budget import budget_warning, declared_threat_model
+from uebench.data import Dataset, Splits, load_dataset, make_splits
+from uebench.presets import TableConfig, table_config
+from uebench.records import Record, hparams_as_made, read_record
+from uebench.registry import ATTACKS, DEFENSES, UserError, load_plugin
+from uebench.storage import code_fingerprint, content_key
+
+CLEAN = "clean"   # the row without an attack
+NONE = "none"     # the column without a defense
+
+
+@dataclass
+class RunSpec:
+    """Everything one ``uebench run`` command says."""
+
+    attacks: str | list[str] = "all"
+    defenses: str | list[str] = "all"
+    preset: str = "demo"
+    dataset: str | None = None
+    seeds: list[int] | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)       # TableConfig / TrainConfig fields
+    attack_params: dict[str, dict] = field(default_factory=dict)  # {"em": {"rounds": 5}}
+    defense_params: dict[str, dict] = field(default_factory=dict)
+    results_dir: Path = Path("results")
+    cache_dir: Path | None = None                                 # default: <results_dir>/.cache
+    data_root: str | None = None
+    download: bool = False
+    device: str = "auto"
+    jobs: int | None = None                                       # default: 1, or one per GPU / Ray slot
+    backend: str = "loky"                                         # loky | threading | ray
+    retries: int = 2                                              # reruns of a task whose worker died
+    ray_address: str | None = None                                # None: start a local Ray instance
+    force: bool = False
+    progress: bool = True
+    plugins: list[str] = field(default_factory=list)
+
+
+
+
+@dataclass(eq=False)   # one object per configured method; hashed by identity
+class ConfiguredMethod:
+    """An attack or defense with its hyperparameters, picklable without its class: workers
+    rebuild the instance from the registry after loading plugins (a file plugin's class
+    cannot be unpickled before that)."""
+
+    kind: str            # "attack" | "defense"
+    name: str
+    folder: str          # name, or name@<hash> when run with non-preset hyperparameters
+    params: dict         # the full hyperparameters
+    _instance: Any = field(default=None, repr=False)
+    code: str = ""       # fingerprint of the class's source and uebench's version (clean row: none)
+    warnings: list[str] = field(default_factory=list)   # implausible settings, for the output and records
+
+    @property
+    def instance(self) -> Any:
+        """The Attack / Defense object (None for the clean row)."""
+        if self._instance is None and self.name != CLEAN:
+            registry = ATTACKS if self.kind == "attack" else DEFENSES
+            self._instance = registry.get(self.name)(**self.params)
+        return self._instance
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_instance": None}
+
+
+@dataclass(frozen=True)
+class Cell:
+    attack: ConfiguredMethod
+    defense: ConfiguredMethod
+    seed: int
+    def path(self, table_dir: Path) -> Path:
+        return table_dir / self.relpath
+
+    @property
+    def relpath(self) -> str:
+        return f"{self.attack.folder}/{self.defense.folder}/seed{self.seed}.json"
+
+    @cached_property          # a resume compares it with every record
+    def params_key(self) -> str:
+        """The hyperparameters this cell runs with; a record made with others is stale."""
+        return params_key(self.attack.params, self.defense.params)
+
+
+def params_key(attack_params: dict, defense_params: dict) -> str:
+    return content_key({"attack": attack_params, "defense": defense_params})
+
+
+@dataclass
+class Plan:
+    spec: RunSpec
+    config: TableConfig
+    dataset: Dataset
+    splits: Splits
+    table_id: str
+    table_dir: Path
+    cells: list[Cell]
+    pending: list[Cell]
+    corrupt: list[Path] = field(default_factory=list)              # records found truncated or tampered with
+
+
+
+def _names(spec: str | list[str]) -> str:
+    return ",".join(spec) if isinstance(spec, (list, tuple)) else spec
+
+
+NOMINAL_SHAPE = (3, 32, 32)   # an image shape for checking that a threat model builds
+
+
+def configure(registry, name: str, preset: str, params: dict) -> ConfiguredMethod:
+    """Instantiate a method with its preset's and the user's hyperparameters, checking the
+    user's values before any work: their types, finite floats, the method's own
+    ``__post_init__`` ranges and, for an attack, that its threat model builds (eps >= 0)."""
+    cls = registry.get(name)
+    given = ", ".join(f"{k}={v!r}" for k, v in params.items())
+    try:
+        instance = cls.for_preset(preset, **typed_hparams(cls, params))
+        if registry.kind == "attack":
+            declared_threat_model(instance, NOMINAL_SHAPE)
+    except (TypeError, ValueError) as err:
+        raise UserError(f"bad hyperparameters for {registry.kind} {name} ({given}): {err}") from err
+    folder = name
+    if params and hparams(instance) != hparams(cls.for_preset(preset)):
+        folder = f"{name}@{content_key(hparams(instance))[:6]}"
+    return ConfiguredMethod(registry.kind, name, folder, hparams(instance), instance, code_fingerprint(cls))
+
+
+def table_identity(cfg: TableConfig, dataset: Dataset) -> tuple[str, dict]:
+    """A readable id for the table plus everything it hashes: records of different
+    protocols, models, training recipes or splits never share a table."""
+    ident = {"dataset": dataset.identity(), "protocol": cfg.protocol, "model": cfg.model,
+             "train": cfg.train.as_dict(), "n_reference": cfg.n_reference, "n_protected": cfg.n_protected,
+             "split_seed": cfg.split_seed,
+             "contrastive": cfg.contrastive if cfg.protocol == "contrastive" else {}}
+    if cfg.cell_threads is not None:   # absent from the tables made before it was a recipe field
+        ident["cell_threads"] = cfg.cell_threads
+    return f"{cfg.protocol}-{cfg.model}-{cfg.train.epochs}ep-{content_key(ident)[:6]}", ident
+
+
+def make_plan(spec: RunSpec) -> Plan:
+    """Resolve names, load data, and list the cells, failing early on any bad input."""
+    for plugin in spec.plugins:
+        load_plugin(plugin)
+    overrides = dict(spec.overrides)
+    if spec.dataset:
+        overrides["dataset"] = spec.dataset
+    if spec.seeds:
+        overrides["seeds"] = tuple(spec.seeds)
+    cfg = table_config(spec.preset, **overrides)
+
+    attack_names = ATTACKS.select(_names(spec.attacks))
+    defense_names = DEFENSES.select(_names(spec.defenses))
+    for kind, given, known in (("attack", spec.attack_params, attack_names),
+                               ("defense", spec.defense_params, defense_names)):
+        stray = set(given) - set(known)
+        if stray:
+            raise UserError(f"hyperparameters given for {kind} {', '.join(sorted(stray))}, which is not selected")
+    attacks = [ConfiguredMethod("attack", CLEAN, CLEAN, {})] + [
+        configure(ATTACKS, n, cfg.preset, spec.attack_params.get(n, {})) for n in attack_names if n != CLEAN]
+    defenses = [configure(DEFENSES, d, cfg.preset, spec.defense_params.get(d, {}))
+                for d in dict.fromkeys([NONE] + defense_names)]
+
+    dataset = load_dataset(cfg.dataset, spec.data_root, spec.download, cfg.train_subset, cfg.test_subset,
+                           cfg.split_seed)
+    dataset.check_every_class_trained()
+    need = cfg.n_reference + (cfg.n_protected or 1)
+    if need > len(dataset.y_train):
+        raise UserError(f"{dataset.name} has {len(dataset.y_train)} training images; the split needs {need} "
+                        f"(--n-reference {cfg.n_reference}, --n-protected {cfg.n_protected})")
+    splits = make_splits(dataset.y_train, cfg.n_reference, cfg.n_protected, cfg.split_seed)
+    for attack in attacks[1:]:
+        attack.warnings = budget_warnings(attack, dataset.image_shape)
+    results_dir = Path(spec.results_dir)
+    check_writable(results_dir)      # makes the folder: only once the input is known to be good
+    table_id, _ = table_identity(cfg, dataset)
+    table_dir = results_dir / dataset.name / table_id
+    cells = [Cell(a, d, s) for a in attacks for d in defenses for s in cfg.seeds]
+    pending, corrupt = (cells, []) if spec.force else scan_records(cells, table_dir)
+    return Plan(spec, cfg, dataset, splits, table_id, table_dir, cells, pending, corrupt)
+
+
+def budget_warnings(attack: ConfiguredMethod, image_shape: tuple[int, int, int]) -> list[str]:
+    """A warning when the attack's budget for these images is far above the field's norms."""
+    try:
+        warning = budget_warning(declared_threat_model(attack.instance, image_shape))
+    except (TypeError, ValueError) as err:
+        raise UserError(f"attack {attack.folder} has no valid threat model for images {image_shape}: {err}") from err
+    return [warning] if warning else []
+
+
+def cache_dir_of(spec: RunSpec) -> Path:
+    return Path(spec.cache_dir or Path(spec.results_dir) / ".cache")
+
+
+def scan_records(cells: list[Cell], table_dir: Path) -> tuple[list[Cell], list[Path]]:
+    """The pending cells, and the corrupt records among them.
+
+    Every record is read and its checksum verified (records are small: a 10,100-cell grid
+    scans in half a second), so a record edited in place is redone even when its size and
+    time were kept. A record counts as finished when it is intact, its status is final and it
+    was made with the hyperparameters and the code the cell has now (else it is stale).
+    """
+    pending, corrupt = [], []
+    for cell in cells:
+        path = cell.path(table_dir)
+        record = read_record(path)
+        if record is None and path.exists():
+            corrupt.append(path)
+        if record is None or not finished_as(record, cell):
+            pending.append(cell)
+    return pending, corrupt
+
+
+def finished_as(record: Record, cell: Cell) -> bool:
+    """Whether ``record`` is a final result of ``cell`` as it is configured and coded now."""
+    if not record.finished_ok:
+        return False
+    made_with = params_key(hparams_as_made(record.attack.name, record.attack.hparams),
+                           hparams_as_made(record.defense.name, record.defense.hparams))
+    if made_with != cell.params_key:
+        return False
+    # Legacy records, schema 1, are trusted: written before records carried the fingerprint of
+    # their code, they stay finished; a fingerprint that differs is stale.
+    return all(made.code in (None, method.code) for made, method in ((record.attack, cell.attack),
+                                                                     (record.defense, cell.defense)))
+
+
+def check_writable(directory: Path, what: str = "results directory", flag: str = "--results-dir") -> None:
+    """Make ``directory`` and check that a file can be written there; ``what`` and ``flag`` name
+    it in the error (the results directory, or the leaderboard's folder)."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise UserError(f"cannot write to {what} {directory} ({err.strerror}); "
+                        f"pass {flag} to a writable folder") from err
+
