@@ -1,5 +1,6 @@
 """Built-in attacks (unlearnable-example generators), one file per method.
 
-Installed as ``uebench.attacks`` and registered through the ``uebench.attacks``
-entry-point group in pyproject.toml, exactly as a third-party plugin would be.
+Installed as ``uebench.attacks``. Every class here that sets ``name = "..."`` is
+registered under that name (``uebench.registry`` reads these files, importing a method only
+when it is used); see CONTRIBUTING.md for adding one.
 """

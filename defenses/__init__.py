@@ -1,5 +1,6 @@
 """Built-in defenses (countermeasures), one file per method.
 
-Installed as ``uebench.defenses`` and registered through the ``uebench.defenses``
-entry-point group in pyproject.toml, exactly as a third-party plugin would be.
+Installed as ``uebench.defenses``. Every class here that sets ``name = "..."`` is
+registered under that name (``uebench.registry`` reads these files, importing a method only
+when it is used); see CONTRIBUTING.md for adding one.
 """

@@ -1,14 +1,16 @@
-"""Registry: entry-point discovery, file plugins, wildcards, collisions, broken plugins."""
+"""Registry: built-ins found in the tree, entry points, file plugins, wildcards, collisions, broken plugins."""
 from __future__ import annotations
 
+import importlib
+import importlib.resources
+import subprocess
 import sys
 import textwrap
-from importlib.metadata import distributions
 
 import pytest
 
 from uebench.api import Attack, Defense
-from uebench.registry import ATTACKS, DEFENSES, PluginError, Registry, UserError, load_plugin
+from uebench.registry import ATTACKS, DEFENSES, PluginError, Registry, UserError, builtin_entries, load_plugin
 
 PLUGIN_SOURCE = textwrap.dedent('''
     from dataclasses import dataclass
@@ -47,16 +49,42 @@ def installed_plugin(tmp_path, monkeypatch):
         sys.modules.pop(mod, None)
 
 
-def test_builtins_register_through_entry_points():
-    ours = {ep.name: ep.value for d in distributions() if d.metadata["Name"] == "uebench"
-            for ep in d.entry_points if ep.group == "uebench.attacks"}
-    assert ours["classwise-noise"] == "uebench.attacks.classwise_noise:ClasswiseNoise"
+def test_builtins_are_found_in_the_source_without_an_entry_point():
+    assert ("classwise-noise", "uebench.attacks.classwise_noise:ClasswiseNoise") in builtin_entries("uebench.attacks")
     assert ATTACKS.get("classwise-noise").__module__ == "uebench.attacks.classwise_noise"
     assert DEFENSES.get("none").name == "none"
+    registry = Registry("attack", "uebench.no-such-group", Attack, builtin_package="uebench.attacks")
+    assert "em-classwise" in registry.names()
+
+
+def test_listing_the_builtins_imports_no_method():
+    code = ("import sys; from uebench.registry import ATTACKS, DEFENSES; ATTACKS.names(); DEFENSES.names(); "
+            "print(sorted(m for m in sys.modules if m.startswith(('uebench.attacks.', 'uebench.defenses.'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("package, base", [("uebench.attacks", Attack), ("uebench.defenses", Defense)])
+def test_every_method_class_in_the_tree_is_registered(package, base):
+    """A new file in attacks/ or defenses/ needs nothing else: each class that names itself is
+    registered under that name; one that does not is a base that others build on."""
+    registry = ATTACKS if base is Attack else DEFENSES
+    folder = importlib.resources.files(package)
+    classes = []
+    for file in sorted(f.name for f in folder.iterdir() if f.name.endswith(".py") and not f.name.startswith("_")):
+        module = importlib.import_module(f"{package}.{file[:-3]}")
+        classes += [c for c in vars(module).values()
+                    if isinstance(c, type) and issubclass(c, base) and c.__module__ == module.__name__]
+    assert len(classes) >= 10
+    for cls in classes:
+        if "name" in vars(cls) and cls.name:
+            assert registry.get(cls.name) is cls, f"{cls.__qualname__} ({cls.name}) is not the registered one"
+        else:
+            assert cls.__subclasses__(), f"{cls.__module__}:{cls.__qualname__} sets no name and nothing builds on it"
 
 
 def test_installed_plugin_is_discovered_and_broken_one_is_isolated(installed_plugin):
-    registry = Registry("attack", "uebench.attacks", Attack)
+    registry = Registry("attack", "uebench.attacks", Attack, builtin_package="uebench.attacks")
     assert {"brightness", "broken-one", "random-noise"} <= set(registry.names())
     cls = registry.get("brightness")
     assert cls.__module__ == "toyplug" and cls().eps == pytest.approx(2 / 255)
@@ -111,7 +139,7 @@ def test_name_collision_is_an_error():
 def test_a_plugin_reusing_a_builtin_name_is_refused_and_the_builtin_kept():
     """Registered before the entry points were read, the plugin used to take the name and leave
     the built-in BROKEN; now it is refused with a message naming both."""
-    registry = Registry("attack", "uebench.attacks", Attack)      # fresh: nothing discovered yet
+    registry = Registry("attack", "uebench.attacks", Attack, builtin_package="uebench.attacks")   # fresh
 
     class MyEM(Attack):
         name = "em"

@@ -32,7 +32,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from uebench import __version__
 from uebench.storage import write_atomic
 
 SCHEMA_VERSION = 2    # 2: attack.code and defense.code fingerprint the code that made the record; 1 had none

@@ -1,15 +1,20 @@
 """Registries of attacks and defenses: built-ins, entry points and local plugin files.
 
-Entries are lazy ``"module:attr"`` strings (entry points) or classes (registered with
-the decorators); a module is imported only when its method is used or listed. A plugin
-that fails to import is recorded as broken with the reason and never breaks the
-others. Registering a different object under a taken name is an error.
+Entries are lazy ``"module:attr"`` strings or classes (registered with the decorators); a
+module is imported only when its method is used or listed. Built-ins are found by reading
+the source of ``attacks/`` and ``defenses/``: every class there that sets ``name = "..."``
+is registered, so adding a method is adding a file. Third-party packages register
+through the ``uebench.attacks`` / ``uebench.defenses`` entry-point groups, local files
+with ``--plugin``. A plugin that fails to import is recorded as broken with the reason and
+never breaks the others. Registering a different object under a taken name is an error.
 """
 from __future__ import annotations
 
+import ast
 import difflib
 import fnmatch
 import importlib
+import importlib.resources
 import importlib.util
 import sys
 from importlib.metadata import entry_points
@@ -28,8 +33,8 @@ class PluginError(UserError):
 
 
 class Registry:
-    def __init__(self, kind: str, group: str, base: type):
-        self.kind, self.group, self.base = kind, group, base
+    def __init__(self, kind: str, group: str, base: type, builtin_package: str | None = None):
+        self.kind, self.group, self.base, self.builtin_package = kind, group, base, builtin_package
         self._entries: dict[str, Any] = {}      # name -> class or "module:attr"
         self._loaded: dict[str, type] = {}
         self._broken: dict[str, str] = {}       # name -> reason
@@ -55,15 +60,17 @@ class Registry:
         return cls
 
     def discover(self) -> None:
-        """Read the entry-point group once (built-ins and installed third-party plugins)."""
+        """Find the built-ins and the installed third-party plugins, once."""
         if self._discovered:
             return
         self._discovered = True
-        for ep in entry_points(group=self.group):
+        found = builtin_entries(self.builtin_package) if self.builtin_package else []
+        found += [(ep.name, ep.value) for ep in entry_points(group=self.group)]
+        for name, target in found:
             try:
-                self.register(ep.name, ep.value)
+                self.register(name, target)
             except PluginError as err:
-                self._broken[ep.name] = str(err)
+                self._broken[name] = str(err)
 
     # -- lookup ---------------------------------------------------------------------
     def names(self) -> list[str]:
@@ -139,6 +146,32 @@ class Registry:
                 f"a plugin file needs --plugin PATH)")
 
 
+def builtin_entries(package: str) -> list[tuple[str, str]]:
+    """``(name, "module:Class")`` for every class in the package's modules that sets
+    ``name = "..."`` in its body, read from the source without importing anything."""
+    entries = []
+    for file in sorted(importlib.resources.files(package).iterdir(), key=lambda f: f.name):
+        if not file.name.endswith(".py") or file.name.startswith("_"):
+            continue
+        for node in ast.parse(file.read_text()).body:
+            if isinstance(node, ast.ClassDef):
+                name = _declared_name(node)
+                if name:
+                    entries.append((name, f"{package}.{file.name[:-3]}:{node.name}"))
+    return entries
+
+
+def _declared_name(node: ast.ClassDef) -> str | None:
+    """The string a class body assigns to ``name`` (``name = "em"``), if any."""
+    for stmt in node.body:
+        targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target] if isinstance(stmt, ast.AnnAssign) else []
+        value = getattr(stmt, "value", None)
+        if any(isinstance(t, ast.Name) and t.id == "name" for t in targets) and \
+                isinstance(value, ast.Constant) and isinstance(value.value, str):
+            return value.value
+    return None
+
+
 def _import(target: str) -> Any:
     module, _, attr = target.partition(":")
     obj = importlib.import_module(module)
@@ -153,8 +186,8 @@ def _origin(target: Any) -> str:
     return f"{getattr(target, '__module__', '?')}:{getattr(target, '__qualname__', target)}"
 
 
-ATTACKS = Registry("attack", "uebench.attacks", Attack)
-DEFENSES = Registry("defense", "uebench.defenses", Defense)
+ATTACKS = Registry("attack", "uebench.attacks", Attack, builtin_package="uebench.attacks")
+DEFENSES = Registry("defense", "uebench.defenses", Defense, builtin_package="uebench.defenses")
 register_attack: Callable[[type], type] = ATTACKS.decorator
 register_defense: Callable[[type], type] = DEFENSES.decorator
 
