@@ -1,7 +1,9 @@
-"""Records written before a method gained a hyperparameter: read with the value they were made with."""
+"""Records of older versions: hyperparameters added since, code fingerprints of an older kind."""
 from __future__ import annotations
 
-from uebench.records import ADDED_HPARAMS, Record, hparams_as_made
+import json
+
+from uebench.records import ADDED_HPARAMS, Record, checksum, hparams_as_made
 from uebench.registry import ATTACKS, DEFENSES
 from uebench.plan import Cell, configure, finished_as
 
@@ -47,3 +49,46 @@ def test_every_added_hyperparameter_exists_on_its_method():
         params = configure(registry, name, "cpu", {}).params
         assert set(added) <= set(params), f"{name}: {set(added) - set(params)} are not hyperparameters"
     assert hparams_as_made("em", {"export": "positive"})["export"] == "positive"   # a record's own value wins
+
+
+# -- fingerprints: version 2 follows the code, not the file's bytes ---------------------------
+
+def test_the_code_fingerprint_ignores_docstrings_comments_layout_and_import_paths():
+    from uebench.storage import normalized_code
+    before = '"""A method."""\nfrom uebench.perturb import pgd\n\ndef craft(x):\n    """Doc."""\n    return pgd(x) + 1\n'
+    after = '"""Another text."""\nfrom uebench.toolkit.perturb import pgd   # moved\n\n\ndef craft(x):\n    return pgd(x) + 1\n'
+    assert normalized_code(before) == normalized_code(after)
+    assert normalized_code(before) != normalized_code(before.replace("+ 1", "+ 2"))           # what it does
+    assert normalized_code(before) != normalized_code(before.replace("import pgd", "import pgd, fgsm"))  # what it binds
+
+
+def test_migrate_restamps_a_schema_2_record_of_unchanged_code_and_leaves_a_stale_one(tmp_path):
+    from uebench.migrate import migrate
+    from uebench.records import load_record, write_record
+    from uebench.storage import code_fingerprint
+    em, none = configure(ATTACKS, "em", "cpu", {}), configure(DEFENSES, "none", "cpu", {})
+    cell = Cell(em, none, 0)
+    made_here = Record.from_dict({"status": "ok", "seed": 0, "schema": 2, "table": TABLE, "metrics": {"test_acc": 0.5},
+                                  "attack": {"name": "em", "folder": em.folder, "hparams": em.params,
+                                             "code": code_fingerprint(ATTACKS.get("em"), version=1)},
+                                  "defense": {"name": "none", "folder": "none", "hparams": {},
+                                              "code": code_fingerprint(DEFENSES.get("none"), version=1)}})
+    other_code = Record.from_dict({**made_here.to_dict(), "schema": 2})
+    other_code.attack.code = "0123456789ab"
+    for folder, record in (("here", made_here), ("other", other_code)):
+        write_record(tmp_path / "ds" / "table" / folder / "none" / "seed0.json", record)
+    # written as schema 3 by write_record: mark them as the version-2 records they stand for
+    for folder in ("here", "other"):
+        path = tmp_path / "ds" / "table" / folder / "none" / "seed0.json"
+        raw = json.loads(path.read_text()) | {"schema": 2}
+        raw.pop("checksum")
+        path.write_text(json.dumps({**raw, "checksum": checksum(raw)}))
+    assert finished_as(load_record(tmp_path / "ds/table/here/none/seed0.json"), cell)      # v2 read as v2
+
+    outcome = migrate(tmp_path)
+    assert [p.parts[-3] for p in outcome["migrated"]] == ["here"] and [p.parts[-3] for p in outcome["stale"]] == ["other"]
+    restamped = load_record(tmp_path / "ds/table/here/none/seed0.json")
+    assert restamped.schema == 3 and restamped.attack.code == em.code != made_here.attack.code
+    assert finished_as(restamped, cell)
+    assert load_record(tmp_path / "ds/table/other/none/seed0.json").schema == 2     # left as it was
+    assert migrate(tmp_path)["migrated"] == []                                      # a second pass: nothing

@@ -135,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--out", type=Path, help=f"default: {DEFAULT_LEADERBOARD} for {DEFAULT_RESULTS}/, "
                        "else RESULTS_DIR/LEADERBOARD.md")
     board.add_argument("--check", action="store_true", help="exit 1 if OUT differs from the rendering")
+
+    mig = sub.add_parser("migrate", help="restamp records of an older schema whose code is unchanged")
+    mig.add_argument("--results-dir", default=DEFAULT_RESULTS, type=Path)
+    mig.add_argument("--dry-run", action="store_true", help="say what would change and change nothing")
     return parser
 
 
@@ -263,6 +267,20 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     return 1 if report_unreadable(args.results_dir) else 0
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from uebench.migrate import migrate
+    if not Path(args.results_dir).is_dir():
+        raise UserError(f"results directory {args.results_dir} does not exist; pass --results-dir")
+    outcome = migrate(args.results_dir, dry_run=args.dry_run)
+    for path in outcome["stale"]:
+        print(f"uebench: {path}: made by other code than its method has now; left as it is (a run redoes it)",
+              file=sys.stderr)
+    print(f"uebench: {len(outcome['migrated'])} record(s) {'to restamp' if args.dry_run else 'restamped'}, "
+          f"{len(outcome['stale'])} stale, {len(outcome['current'])} current, "
+          f"{len(outcome['unreadable'])} unreadable", file=sys.stderr)
+    return 1 if outcome["unreadable"] else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
@@ -270,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             build_parser().print_help()
             return 2
-        handler = {"run": cmd_run, "list": cmd_list, "leaderboard": cmd_leaderboard}[args.command]
+        handler = {"run": cmd_run, "list": cmd_list, "leaderboard": cmd_leaderboard,
+                   "migrate": cmd_migrate}[args.command]
         return handler(args)
     except UserError as err:
         print(f"uebench: error: {err}", file=sys.stderr)

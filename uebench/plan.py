@@ -65,7 +65,8 @@ class ConfiguredMethod:
     folder: str          # name, or name@<hash> when run with non-preset hyperparameters
     params: dict         # the full hyperparameters
     _instance: Any = field(default=None, repr=False)
-    code: str = ""       # fingerprint of the class's source and uebench's version (clean row: none)
+    code: str = ""       # fingerprint of the class's code and uebench's version (clean row: none)
+    legacy_code: str = ""  # the fingerprint schema-2 records carry (the file's bytes)
     warnings: list[str] = field(default_factory=list)   # implausible settings, for the output and records
 
     @property
@@ -138,7 +139,8 @@ def configure(registry, name: str, preset: str, params: dict) -> ConfiguredMetho
     folder = name
     if params and hparams(instance) != hparams(cls.for_preset(preset)):
         folder = f"{name}@{content_key(hparams(instance))[:6]}"
-    return ConfiguredMethod(registry.kind, name, folder, hparams(instance), instance, code_fingerprint(cls))
+    return ConfiguredMethod(registry.kind, name, folder, hparams(instance), instance, code_fingerprint(cls),
+                            legacy_code=code_fingerprint(cls, version=1))
 
 
 def table_identity(cfg: TableConfig, dataset: Dataset) -> tuple[str, dict]:
@@ -236,9 +238,13 @@ def finished_as(record: Record, cell: Cell) -> bool:
     if made_with != cell.params_key:
         return False
     # Legacy records, schema 1, are trusted: written before records carried the fingerprint of
-    # their code, they stay finished; a fingerprint that differs is stale.
-    return all(made.code in (None, method.code) for made, method in ((record.attack, cell.attack),
-                                                                     (record.defense, cell.defense)))
+    # their code, they stay finished; a fingerprint that differs is stale. Schema 2 records
+    # carry the fingerprint of the file's bytes (storage.code_fingerprint version 1).
+    def current(method: ConfiguredMethod) -> str:
+        return method.code if record.schema >= 3 else method.legacy_code
+
+    return all(made.code in (None, current(method)) for made, method in ((record.attack, cell.attack),
+                                                                         (record.defense, cell.defense)))
 
 
 def check_writable(directory: Path, what: str = "results directory", flag: str = "--results-dir") -> None:

@@ -13,9 +13,13 @@ and :func:`load_record` its one reader, which checks every field's type and name
 and the field it rejects. The runner, the workers and the leaderboard handle records only
 as :class:`Record` objects.
 
-Versions: 1 had no code fingerprints; 2 adds ``attack.code`` and ``defense.code``. A record
-of an older version is read as it is (its missing fields take their defaults; a missing
-fingerprint marks a legacy record, trusted as made by today's code). To change the schema:
+Versions: 1 had no code fingerprints; 2 adds ``attack.code`` and ``defense.code`` (hashes of
+the method's file); 3 hashes the method's code instead (``storage.code_fingerprint``), so a
+docstring or an import path can change without making records stale. A record of an older
+version is read as it is (its missing fields take their defaults; a missing fingerprint
+marks a legacy record, trusted as made by today's code; a version-2 fingerprint is compared
+with the file's hash). ``uebench migrate`` restamps version-2 records whose file is
+unchanged as version 3 (run it before editing a method file's imports or docstrings). To change the schema:
 bump ``SCHEMA_VERSION``, give a new field a default that means "written before it existed",
 and, if an old field changes meaning, add a function to ``MIGRATIONS`` that turns a record
 of the old version into the new one's form before it is checked. Never rewrite committed
@@ -34,7 +38,9 @@ from typing import Any, Callable, Iterator
 
 from uebench.storage import write_atomic
 
-SCHEMA_VERSION = 2    # 2: attack.code and defense.code fingerprint the code that made the record; 1 had none
+# 1: no code fingerprints; 2: attack.code and defense.code, fingerprints of the method's file
+# (storage.code_fingerprint version 1); 3: the same, of the method's code (version 2).
+SCHEMA_VERSION = 3
 STATUSES = ("ok", "failed", "not-applicable")
 FINISHED = ("ok", "not-applicable")   # statuses a resume keeps
 MIGRATIONS: dict[int, Callable[[dict], dict]] = {}   # version k -> a function from a raw k record to k + 1
@@ -77,7 +83,7 @@ class AttackInfo:
     name: str                       # the registry name ("clean" for the row without an attack)
     folder: str                     # name, or name@<hash> for non-preset hyperparameters
     hparams: dict = field(default_factory=dict)
-    code: str | None = None         # fingerprint of the code that made it; None: a legacy record
+    code: str | None = None         # fingerprint of the code that made it (see SCHEMA_VERSION); None: legacy
     threat_model: ThreatModelInfo | None = None
     target: str | None = None       # supervised | contrastive (None for the clean row)
     paper: str = ""

@@ -6,6 +6,7 @@ names the code that made it with a :func:`code_fingerprint`.
 """
 from __future__ import annotations
 
+import ast
 import hashlib
 import inspect
 import json
@@ -21,19 +22,51 @@ def content_key(obj: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def code_fingerprint(*objects: Any) -> str:
-    """A hash of the source files of the modules that define ``objects``, plus uebench's
-    version: what a cache entry or a record was made by. Editing a method's file (a plugin's
-    ``generate``, say) changes it, so what the old code made is never served as the new one's."""
+FINGERPRINT_VERSION = 2   # 1: the source file's bytes; 2: its code, as below
+
+
+def code_fingerprint(*objects: Any, version: int = FINGERPRINT_VERSION) -> str:
+    """A hash of the code of the modules that define ``objects``, plus uebench's version: what
+    a cache entry or a record was made by. Editing a method's code (a plugin's ``generate``,
+    say) changes it, so what the old code made is never served as the new one's.
+
+    Version 2 hashes the module's syntax tree without its docstrings, and with each import
+    reduced to the names it binds: a docstring, a comment, the layout or the module an import
+    comes from can change without remaking anything, while any change to what the code does
+    (or to which names it imports) remakes it. Version 1 hashed the file's bytes; records made
+    before version 2 carry it (see ``records.SCHEMA_VERSION``)."""
     from uebench import __version__
     digest = hashlib.sha256(__version__.encode())
     for obj in objects:
         module = inspect.getmodule(obj)
         try:
-            digest.update(Path(inspect.getsourcefile(module)).read_bytes())
+            source = Path(inspect.getsourcefile(module)).read_bytes()
         except (TypeError, OSError):      # no source file (built in the interpreter): its name stands in
             digest.update(f"{getattr(obj, '__module__', '?')}:{getattr(obj, '__qualname__', obj)}".encode())
+            continue
+        digest.update(source if version == 1 else normalized_code(source).encode())
     return digest.hexdigest()[:12]
+
+
+def normalized_code(source: str | bytes) -> str:
+    """The module's syntax tree, without docstrings and with imports reduced to their bound names."""
+    tree = _Normalize().visit(ast.parse(source))
+    return ast.dump(tree, annotate_fields=False, include_attributes=False)
+
+
+class _Normalize(ast.NodeTransformer):
+    def generic_visit(self, node):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]          # the docstring
+        return super().generic_visit(node)
+
+    def visit_Import(self, node):
+        return ast.Expr(ast.Constant("import " + ",".join(sorted((a.asname or a.name) for a in node.names))))
+
+    visit_ImportFrom = visit_Import
 
 
 def write_atomic(path: Path, content: str | bytes | Callable[[Path], None]) -> None:
