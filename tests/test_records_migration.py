@@ -60,6 +60,9 @@ def test_the_code_fingerprint_ignores_docstrings_comments_layout_and_import_path
     assert normalized_code(before) == normalized_code(after)
     assert normalized_code(before) != normalized_code(before.replace("+ 1", "+ 2"))           # what it does
     assert normalized_code(before) != normalized_code(before.replace("import pgd", "import pgd, fgsm"))  # what it binds
+    method = 'class M:\n    name = "m"\n    presets = {"cpu": {"steps": 5}}\n    steps: int = 10\n'
+    assert normalized_code(method) == normalized_code(method.replace('{"cpu"', '{"gpu": {"steps": 50}, "cpu"'))
+    assert normalized_code(method) != normalized_code(method.replace("steps: int = 10", "steps: int = 20"))
 
 
 def test_migrate_restamps_a_schema_2_record_of_unchanged_code_and_leaves_a_stale_one(tmp_path):

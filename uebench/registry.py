@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from uebench.api import Attack, Defense
+from uebench.storage import assigns
 
 
 class UserError(Exception):
@@ -164,10 +165,8 @@ def builtin_entries(package: str) -> list[tuple[str, str]]:
 def _declared_name(node: ast.ClassDef) -> str | None:
     """The string a class body assigns to ``name`` (``name = "em"``), if any."""
     for stmt in node.body:
-        targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target] if isinstance(stmt, ast.AnnAssign) else []
         value = getattr(stmt, "value", None)
-        if any(isinstance(t, ast.Name) and t.id == "name" for t in targets) and \
-                isinstance(value, ast.Constant) and isinstance(value.value, str):
+        if assigns(stmt, "name") and isinstance(value, ast.Constant) and isinstance(value.value, str):
             return value.value
     return None
 

@@ -30,10 +30,11 @@ def code_fingerprint(*objects: Any, version: int = FINGERPRINT_VERSION) -> str:
     a cache entry or a record was made by. Editing a method's code (a plugin's ``generate``,
     say) changes it, so what the old code made is never served as the new one's.
 
-    Version 2 hashes the module's syntax tree without its docstrings, and with each import
-    reduced to the names it binds: a docstring, a comment, the layout or the module an import
-    comes from can change without remaking anything, while any change to what the code does
-    (or to which names it imports) remakes it. Version 1 hashed the file's bytes; records made
+    Version 2 hashes the module's syntax tree without its docstrings and its classes' ``presets``
+    (the values a preset picks are in every record's hyperparameters, compared on their own),
+    and with each import reduced to the names it binds: a docstring, a comment, the layout, a
+    preset or the module an import comes from can change without remaking anything, while any
+    change to what the code does (or to which names it imports) remakes it. Version 1 hashed the file's bytes; records made
     before version 2 carry it (see ``records.SCHEMA_VERSION``)."""
     from uebench import __version__
     digest = hashlib.sha256(__version__.encode())
@@ -63,10 +64,22 @@ class _Normalize(ast.NodeTransformer):
             node.body = body[1:] or [ast.Pass()]          # the docstring
         return super().generic_visit(node)
 
+    def visit_ClassDef(self, node):
+        # a method's `presets` only choose hyperparameter values, which every record stores and
+        # is compared on by itself: a new or changed preset leaves the other tables' records valid
+        node.body = [stmt for stmt in node.body if not assigns(stmt, "presets")] or [ast.Pass()]
+        return self.generic_visit(node)
+
     def visit_Import(self, node):
         return ast.Expr(ast.Constant("import " + ",".join(sorted((a.asname or a.name) for a in node.names))))
 
     visit_ImportFrom = visit_Import
+
+
+def assigns(stmt: ast.stmt, name: str) -> bool:
+    """Whether ``stmt`` is ``name = ...`` or ``name: T = ...``."""
+    targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target] if isinstance(stmt, ast.AnnAssign) else []
+    return any(isinstance(t, ast.Name) and t.id == name for t in targets)
 
 
 def write_atomic(path: Path, content: str | bytes | Callable[[Path], None]) -> None:
