@@ -304,3 +304,13 @@ def test_a_legacy_record_without_a_fingerprint_stays_finished(tmp_path, plugin):
         record.attack.code = record.defense.code = None      # as written before fingerprints
         write_record(record_path, record)
     assert make_plan(spec).pending == []
+
+
+def test_a_one_step_schedule_does_not_divide_by_zero():
+    """A tiny set in one batch for one epoch: the one-cycle schedule has a single step."""
+    from uebench.train import TrainConfig, make_scheduler
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    sched = make_scheduler(opt, TrainConfig(epochs=1), steps_per_epoch=1)
+    opt.step()
+    sched.step()
+    assert opt.param_groups[0]["lr"] == 0.0

@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run attacks x defenses x seeds and write records + the leaderboard")
     run.add_argument("--attacks", default="all", help="'all', a comma list, or wildcards (em*,tap)")
     run.add_argument("--defenses", default="all", help="'all', a comma list, or wildcards")
-    run.add_argument("--preset", default="demo", help="smoke | demo (default) | cpu | paper")
+    run.add_argument("--preset", default="demo", help="smoke | demo (default) | cpu | gpu | paper")
     run.add_argument("--dataset", help="digits, fashion-mnist, cifar10, cifar100, svhn, npz:PATH, imagefolder:PATH")
     run.add_argument("--data-root", help="where torchvision datasets live (default ~/.cache/uebench/data)")
     run.add_argument("--download", action="store_true", help="allow downloading a torchvision dataset")

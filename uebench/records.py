@@ -30,6 +30,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 import subprocess
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from functools import lru_cache
@@ -301,7 +302,10 @@ def iter_records(results_dir: Path) -> Iterator[tuple[Path, Record | RecordError
 
 @lru_cache(maxsize=1)
 def git_commit() -> str:
-    """The commit of the uebench source tree, with ``-dirty`` if it has local changes."""
+    """The commit of the uebench source tree, with ``-dirty`` if it has local changes
+    (``UEBENCH_GIT_COMMIT`` where the tree travelled without its history: a device machine)."""
+    if os.environ.get("UEBENCH_GIT_COMMIT"):
+        return os.environ["UEBENCH_GIT_COMMIT"]
     here = Path(__file__).resolve().parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,

@@ -77,7 +77,7 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch
     total = cfg.epochs * steps_per_epoch
     if cfg.schedule == "onecycle":   # linear warm-up for 20%, linear decay to 0
         peak = max(1, int(0.2 * total))
-        lam: Callable[[int], float] = lambda s: s / peak if s < peak else max(0.0, (total - s) / (total - peak))
+        lam: Callable[[int], float] = lambda s: s / peak if s < peak else max(0.0, (total - s) / max(1, total - peak))
     elif cfg.schedule == "cosine":
         lam = lambda s: 0.5 * (1 + math.cos(math.pi * s / total))
     elif cfg.schedule == "multistep":
