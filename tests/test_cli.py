@@ -1,6 +1,8 @@
 """The command line: one-line errors with exit code 2 and nothing written; list; leaderboard."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from uebench.cli import main, parse_params, parse_value
@@ -146,3 +148,20 @@ def test_a_scratch_results_folder_keeps_its_own_leaderboard(capsys, tmp_path, mo
     assert committed.read_text() == "committed table\n"
     assert "| random-noise" in (scratch / "LEADERBOARD.md").read_text()
     assert _run(capsys, "leaderboard", "--results-dir", str(scratch), "--check")[0] == 0
+
+
+def test_output_that_is_not_a_terminal_gets_one_line_per_finished_cell(tmp_path, capsys):
+    """CI logs and cluster jobs: no carriage-return bars, one line per cell with what is left."""
+    from uebench.cli import main
+    argv = ["run", "--preset", "smoke", "--epochs", "1", "--attacks", "random-noise,classwise-noise",
+            "--defenses", "none,iss-gray", "--results-dir", str(tmp_path / "results"), "--device", "cpu"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    cells = [line for line in err.splitlines() if line.startswith("uebench: [") and " × " in line]
+    assert len(cells) == 6                                   # (clean + 2 attacks) × (none + iss-gray)
+    assert cells[-1].startswith("uebench: [6/6] ") and "(0 cells left)" in cells[-1]
+    assert all(re.search(r" seed 0: \d+\.\d % in \d+ s \(\d cells left", line) for line in cells)
+    assert "about" in cells[0]                               # an estimate while cells are left
+    poisons = [line for line in err.splitlines() if line.startswith("uebench: [") and "poison set" in line]
+    assert len(poisons) == 2 and all(line.endswith("left)") or "left, about" in line for line in poisons)

@@ -133,7 +133,7 @@ def test_concurrent_tasks_hold_distinct_device_slots(tmp_path):
     (tmp_path / "meeting").mkdir()
     tasks = [Task(_hold_slot, job, (i, str(tmp_path / "meeting")), fallback=str) for i in range(4)]
     got: dict[int, tuple] = {}
-    run_tasks(tasks, workers, got.__setitem__, "slots", progress=False)
+    run_tasks(tasks, workers, got.__setitem__)
     assert sorted(got) == [0, 1, 2, 3]
     spans = list(got.values())
     assert {slot for slot, *_ in spans} == {0, 1} and {device for _, device, *_ in spans} == {"cpu"}

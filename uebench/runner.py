@@ -25,6 +25,7 @@ from uebench.job import Job, remember_data
 from uebench.plan import CLEAN, Cell, ConfiguredMethod, Plan, RunSpec, cache_dir_of, make_plan, scan_records
 from uebench.poisons import craft_poison
 from uebench.presets import TableConfig
+from uebench.progress import Progress, duration, interactive
 from uebench.records import Record
 from uebench.registry import UserError
 from uebench.workers import (BACKENDS, Task, Workers, import_ray, local_workers, ray_workers,
@@ -122,8 +123,9 @@ def _absolute_paths(spec: RunSpec, config: TableConfig) -> tuple[RunSpec, TableC
 
 def _run(spec: RunSpec, plan: Plan, workers: Workers) -> list[Record]:
     spec, config = _absolute_paths(spec, plan.config)
-    job = Job(spec, config, plan.table_dir.resolve(), spec.cache_dir,
-              workers.device, workers.threads, spec.progress and workers.backend == "inline")
+    # a cell's own bars (epochs, rounds) only where they can be drawn: in the driver, on a terminal
+    job = Job(spec, config, plan.table_dir.resolve(), spec.cache_dir, workers.device, workers.threads,
+              spec.progress and workers.backend == "inline" and interactive())
     remember_data(job, plan.dataset, plan.splits)
     # temp files of writers killed mid-write: in the folders of cells to run, and in the cache
     cache_folders = [job.cache_dir, *(p for p in job.cache_dir.glob("*") if p.is_dir())]
@@ -140,14 +142,17 @@ def _run(spec: RunSpec, plan: Plan, workers: Workers) -> list[Record]:
     stage1 = [(craft_poison, a, s) for a, s in poisons] + [(prepare_defense, d, s) for d, s in prepares]
     errors: dict[tuple[str, str, int], str] = {}
 
-    def note_error(index: int, error: str | None) -> None:
-        fn, method, seed = stage1[index]
-        if error:
-            errors[(fn.__name__, method.folder, seed)] = error
-
     if stage1:
-        tasks = [Task(_stage1_task, job, (fn, m, s), partial(_stage1_error, m)) for fn, m, s in stage1]
-        run_tasks(tasks, workers, note_error, "poisons and shared models", spec.progress)
+        with Progress(len(stage1), "poisons and shared models", spec.progress) as progress:
+            def note_error(index: int, error: str | None) -> None:
+                fn, method, seed = stage1[index]
+                if error:
+                    errors[(fn.__name__, method.folder, seed)] = error
+                what = "poison set" if fn is craft_poison else "shared state of"
+                progress.done(f"{what} {method.folder} seed {seed}: {error or 'ready'}")
+
+            tasks = [Task(_stage1_task, job, (fn, m, s), partial(_stage1_error, m)) for fn, m, s in stage1]
+            run_tasks(tasks, workers, note_error)
 
     # Stage 2: the cells (a cell whose poison or defense state failed is recorded as failed).
     # Cells another run holds are skipped, then waited for: taken as done if it finished
@@ -160,17 +165,29 @@ def _run(spec: RunSpec, plan: Plan, workers: Workers) -> list[Record]:
         def take(index: int, result: Record | Claimed) -> None:
             if isinstance(result, Claimed):
                 claimed.append(cells[index])
+                progress.done(f"{cells[index].relpath}: held by another run")
             else:
                 records.append(result)
+                progress.done(describe(result))
 
         tasks = []
         for c in cells:
             upstream = (errors.get(("craft_poison", c.attack.folder, c.seed))
                         or errors.get(("prepare_defense", c.defense.folder, c.seed)))
             tasks.append(Task(run_cell, job, (c, upstream), partial(run_cell, job, c), c.path(plan.table_dir)))
-        run_tasks(tasks, workers, take, "cells", spec.progress)
+        with Progress(len(tasks), "cells", spec.progress) as progress:
+            run_tasks(tasks, workers, take)
         if claimed:
             print(f"uebench: {len(claimed)} cell(s) held by another run; waiting for them", file=sys.stderr)
             wait_until_free([c.path(plan.table_dir) for c in claimed])
         cells = scan_records(claimed, plan.table_dir)[0]
     return records
+
+
+def describe(record: Record) -> str:
+    """One line for a finished cell: which, what it measured, how long it took."""
+    cell = f"{record.attack.folder} × {record.defense.folder} seed {record.seed}"
+    seconds = record.timing.get("cell_s", 0.0)
+    if record.status == "ok":
+        return f"{cell}: {100 * record.metrics.test_acc:.1f} % in {duration(seconds)}"
+    return f"{cell}: {record.status} ({record.error})"

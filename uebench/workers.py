@@ -196,23 +196,16 @@ def _run_task(index: int, fn: Callable, job: Any, args: tuple, slots: Any = None
 
 # -- in the driver -----------------------------------------------------------------------
 
-def run_tasks(tasks: list[Task], workers: Workers, on_result: Callable[[int, Any], None], desc: str,
-              progress: bool) -> None:
+def run_tasks(tasks: list[Task], workers: Workers, on_result: Callable[[int, Any], None]) -> None:
     """Run every task; ``on_result(index, result)`` is called once per task, in the driver,
     as results arrive (in any order)."""
-    from tqdm.auto import tqdm
-    with tqdm(total=len(tasks), desc=desc, disable=not progress, dynamic_ncols=True) as bar:
-        def deliver(index: int, result: Any) -> None:
-            on_result(index, result)
-            bar.update(1)
-
-        if workers.backend == "inline":        # in the driver: a dead task is a dead run (resume it)
-            for index, task in enumerate(tasks):
-                deliver(index, task.fn(task.job, *task.args))
-        elif workers.backend == "ray":
-            _run_on_ray(tasks, workers, deliver)
-        else:
-            _run_local(tasks, workers, deliver)
+    if workers.backend == "inline":        # in the driver: a dead task is a dead run (resume it)
+        for index, task in enumerate(tasks):
+            on_result(index, task.fn(task.job, *task.args))
+    elif workers.backend == "ray":
+        _run_on_ray(tasks, workers, on_result)
+    else:
+        _run_local(tasks, workers, on_result)
 
 
 class _Attempts:
