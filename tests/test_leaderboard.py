@@ -5,6 +5,7 @@ import json
 import os
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from uebench import leaderboard
@@ -116,3 +117,25 @@ def test_a_scratch_leaderboard_names_its_own_records_folder(tmp_path, monkeypatc
     _write_fixture(tmp_path / "scratch")
     text = leaderboard.render(tmp_path / "scratch")
     assert f"from the records under `{tmp_path.name}/scratch/`" in text and "under `results/`" not in text
+
+
+def test_each_table_gets_a_heatmap_that_check_can_tell_stale(tmp_path):
+    from uebench.cli import main
+    from uebench.heatmap import data_key, drawn_from
+    _write_fixture(tmp_path / "results")
+    out = tmp_path / "board" / "LEADERBOARD.md"
+    assert main(["leaderboard", "--results-dir", str(tmp_path / "results"), "--out", str(out)]) == 0
+    png = out.parent / f"heatmap-npz-toy-{TABLE['id']}.png"
+    assert f"]({png.name})" in out.read_text() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    frame, title = leaderboard.heatmaps(tmp_path / "results")[png.name]
+    assert frame.loc["em", "iss-gray"] == pytest.approx(67.0) and frame.loc["clean", "none"] == pytest.approx(76.0)
+    assert list(frame.index)[0] == "clean" and list(frame.columns)[0] == "none"
+    assert pd.isna(frame.loc["em", "mixup"])                      # failed: no number, a grey cell
+    assert drawn_from(png) == data_key(frame, title)
+    check = ["leaderboard", "--results-dir", str(tmp_path / "results"), "--out", str(out), "--check"]
+    assert main(check) == 0
+    record = tmp_path / "results" / "npz-toy" / TABLE["id"] / "ops" / "mixup" / "seed1.json"
+    record.unlink()                                               # the numbers change: the picture is stale
+    out.write_text(leaderboard.render(tmp_path / "results", results_link="../results"))
+    assert main(check) == 1
+    assert main(check[:-1]) == 0 and main(check) == 0             # redrawn

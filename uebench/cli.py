@@ -260,6 +260,11 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         if current != expected:
             print(f"uebench: {args.out} is out of date; run 'uebench leaderboard' and commit it", file=sys.stderr)
             return 1
+        stale = leaderboard.stale_heatmaps(args.results_dir, args.out)
+        if stale:
+            print(f"uebench: heatmap(s) {', '.join(stale)} beside {args.out} are missing or out of date; "
+                  f"run 'uebench leaderboard' and commit them", file=sys.stderr)
+            return 1
         print(f"uebench: {args.out} matches {args.results_dir}", file=sys.stderr)
         return 0
     out = leaderboard.write(args.results_dir, args.out)

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from uebench.heatmap import data_key, draw, drawn_from
 from uebench.plan import CLEAN, NONE
-from uebench.records import Record, RecordError, iter_records
+from uebench.records import Record, RecordError, TableInfo, iter_records
 from uebench.storage import write_atomic
 
 Entry = tuple[str, Record]   # a record and its path relative to the results folder
@@ -46,12 +48,23 @@ def _cell(values: list[float]) -> str:
     return f"{100 * np.mean(values):.1f} ± {100 * np.std(values, ddof=1):.1f}"
 
 
-def render_table(entries: list[Entry], results_link: str = "../results") -> str:
-    """Markdown for one table's records."""
+@dataclass
+class TableView:
+    """One table's records, gathered: what the markdown, the heatmap and the exports are drawn from."""
+    table: TableInfo
+    rows: list[str]                                   # attacks, the clean row first
+    cols: list[str]                                   # defenses, the no-defense column first
+    scores: dict[tuple[str, str], list[float]]        # (attack, defense) -> test accuracy per finished seed
+    status: dict[tuple[str, str], set[str]]
+    threat: dict[str, str]                            # attack -> its threat model, as printed
+    seeds: set[int]
+    versions: set[str]
+    figures: list[str]
+    failed: list[str]
+
+
+def gather(entries: list[Entry], results_link: str = "../results") -> TableView:
     records = [r for _, r in entries]
-    table = records[0].table
-    rows = {r.attack.folder for r in records}
-    cols = {r.defense.folder for r in records}
     scores: dict[tuple[str, str], list[float]] = defaultdict(list)
     status: dict[tuple[str, str], set[str]] = defaultdict(set)
     threat, figures, seeds, versions = {}, [], set(), set()
@@ -67,8 +80,36 @@ def render_table(entries: list[Entry], results_link: str = "../results") -> str:
             if figure:
                 fig_path = Path(path).with_suffix("") / figure
                 figures.append(f"[{key[0]} / {key[1]} / seed {r.seed}]({results_link}/{fig_path.as_posix()})")
+    failed = sorted({f"{r.attack.folder} / {r.defense.folder} / seed {r.seed}: {r.error}"
+                     for r in records if r.status == "failed"})
+    return TableView(records[0].table, _order({r.attack.folder for r in records}, CLEAN),
+                     _order({r.defense.folder for r in records}, NONE), scores, status, threat, seeds, versions,
+                     figures, failed)
 
-    row_names, col_names = _order(rows, CLEAN), _order(cols, NONE)
+
+def accuracy_frame(view: TableView) -> pd.DataFrame:
+    """Mean clean test accuracy (%) per attack (rows) and defense (columns); NaN where none finished."""
+    return pd.DataFrame([[100 * np.mean(view.scores[(a, d)]) if view.scores[(a, d)] else np.nan for d in view.cols]
+                         for a in view.rows], index=pd.Index(view.rows, name="attack"),
+                        columns=pd.Index(view.cols, name="defense"))
+
+
+def heatmap_name(view: TableView) -> str:
+    return f"heatmap-{view.table.dataset['name']}-{view.table.id}.png"
+
+
+def title_of(table: TableInfo) -> str:
+    t = table.train
+    length = (f"{table.contrastive['epochs']} SimCLR epochs" if "epochs" in table.contrastive else "SimCLR") \
+        if table.protocol == "contrastive" else f"{t['epochs']} epochs"
+    return f"{table.dataset['name']} · {table.protocol} · {table.model} · {length}"
+
+
+def render_table(entries: list[Entry], results_link: str = "../results") -> str:
+    """Markdown for one table's records."""
+    view = gather(entries, results_link)
+    table, scores, status, threat, seeds = view.table, view.scores, view.status, view.threat, view.seeds
+    row_names, col_names = view.rows, view.cols
     body = []
     for a in row_names:
         means = {d: np.mean(scores[(a, d)]) for d in col_names if scores[(a, d)]}
@@ -92,18 +133,16 @@ def render_table(entries: list[Entry], results_link: str = "../results") -> str:
     t, split, ds = table.train, table.split, table.dataset
     if table.protocol == "contrastive":      # SimCLR, then a linear probe: the supervised recipe is unused
         simclr = table.contrastive
-        title = f"{simclr['epochs']} SimCLR epochs" if "epochs" in simclr else "SimCLR"
         protocol = (f"contrastive; a SimCLR encoder `{table.model}` trained without labels on the (defended) "
                     f"training set, then a linear probe on its frozen features with the training labels; settings "
                     f"that differ from the published SimCLR protocol: {simclr or 'none'}; preset `{table.preset}`.")
     else:
-        title = f"{t['epochs']} epochs"
         protocol = (f"supervised; victim `{table.model}` trained {t['epochs']} epochs, SGD lr {t['lr']} "
                     f"({t['schedule']}), momentum {t['momentum']}{' Nesterov' if t['nesterov'] else ''}, weight decay "
                     f"{t['weight_decay']}, batch {t['batch_size']}, random crop (pad {t['crop_pad']} at 32 px, {t.get('crop_fill', 'reflect')} padding) + flip; "
                     f"preset `{table.preset}`.")
     lines = [
-        f"## {ds['name']} · {table.protocol} · {table.model} · {title} (`{table.id}`)",
+        f"## {title_of(table)} (`{table.id}`)",
         "",
         f"- **Protocol**: {protocol}",
         f"- **Data**: `{ds['name']}` ({ds['shape'][1]}×{ds['shape'][2]}×{ds['shape'][0]}); {split['n_protected']} "
@@ -111,11 +150,11 @@ def render_table(entries: list[Entry], results_link: str = "../results") -> str:
         f"- **Metric**: clean test accuracy (%), mean ± std over seeds {', '.join(map(str, sorted(seeds)))}; "
         f"(n=k): only k seeds finished; **bold**: best defense per attack; n/a: the defense does not apply to this protocol; "
         f"budget: the attack's declared threat model, checked before training.",
-        f"- **uebench**: {', '.join(sorted(versions))}.",
+        f"- **uebench**: {', '.join(sorted(view.versions))}.",
     ]
-    lines += ["", df.to_markdown(index=False, disable_numparse=True), ""]
-    failed = sorted({f"{r.attack.folder} / {r.defense.folder} / seed {r.seed}: {r.error}"
-                     for r in records if r.status == "failed"})
+    lines += ["", df.to_markdown(index=False, disable_numparse=True), "",
+              f"![clean test accuracy of {table.id}]({heatmap_name(view)})", ""]
+    failed, figures = view.failed, view.figures
     if failed:
         lines += ["Failed cells:", ""] + [f"- {f}" for f in failed] + [""]
     if figures:
@@ -149,9 +188,28 @@ def render(results_dir: Path, results_link: str = "../results") -> str:
     return "\n".join(parts).rstrip() + "\n"
 
 
+def heatmaps(results_dir: Path) -> dict[str, tuple[pd.DataFrame, str]]:
+    """Per table: the heatmap's file name, and the accuracies and title it shows."""
+    tables, _ = collect(Path(results_dir))
+    out = {}
+    for entries in tables.values():
+        view = gather(entries)
+        out[heatmap_name(view)] = (accuracy_frame(view), title_of(view.table))
+    return out
+
+
 def write(results_dir: Path, out_path: Path) -> Path:
-    """Render and write atomically."""
+    """Render and write atomically: the markdown and, beside it, one heatmap PNG per table."""
     out_path = Path(out_path)
     link = os.path.relpath(Path(results_dir).resolve(), out_path.parent.resolve())
+    for name, (frame, title) in heatmaps(results_dir).items():
+        if drawn_from(out_path.parent / name) != data_key(frame, title):   # unchanged pictures stay as they are
+            draw(frame, title, out_path.parent / name)
     write_atomic(out_path, render(results_dir, results_link=Path(link).as_posix()))
     return out_path
+
+
+def stale_heatmaps(results_dir: Path, out_path: Path) -> list[str]:
+    """The heatmaps beside ``out_path`` that are missing or were drawn from other numbers."""
+    return sorted(name for name, (frame, title) in heatmaps(results_dir).items()
+                  if drawn_from(Path(out_path).parent / name) != data_key(frame, title))
