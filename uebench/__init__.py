@@ -8,4 +8,13 @@ __version__ = "0.1.0"
 from uebench.api import Attack, Defense, ThreatModel  # noqa: E402
 from uebench.registry import ATTACKS, DEFENSES, register_attack, register_defense  # noqa: E402
 
-__all__ = ["Attack", "Defense", "ThreatModel", "ATTACKS", "DEFENSES", "register_attack", "register_defense"]
+__all__ = ["Attack", "Defense", "ThreatModel", "ATTACKS", "DEFENSES", "register_attack", "register_defense",
+           "load_table"]
+
+
+def __getattr__(name: str):
+    """``uebench.load_table`` (pandas), imported on first use so that ``import uebench`` stays light."""
+    if name == "load_table":
+        from uebench.export import load_table
+        return load_table
+    raise AttributeError(f"module 'uebench' has no attribute {name!r}")

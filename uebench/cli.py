@@ -136,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "else RESULTS_DIR/LEADERBOARD.md")
     board.add_argument("--check", action="store_true", help="exit 1 if OUT differs from the rendering")
 
+    exp = sub.add_parser("export", help="the tables as csv, json or latex, from the records alone")
+    exp.add_argument("--format", default="csv", help="csv (default) | json | latex")
+    exp.add_argument("--table", help="only this table id (e.g. supervised-smallcnn-15ep-a99dd5)")
+    exp.add_argument("--results-dir", default=DEFAULT_RESULTS, type=Path)
+    exp.add_argument("--out", type=Path, help="write here instead of standard output")
+
     mig = sub.add_parser("migrate", help="restamp records of an older schema whose code is unchanged")
     mig.add_argument("--results-dir", default=DEFAULT_RESULTS, type=Path)
     mig.add_argument("--dry-run", action="store_true", help="say what would change and change nothing")
@@ -272,6 +278,23 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     return 1 if report_unreadable(args.results_dir) else 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from uebench.export import export
+    from uebench.storage import write_atomic
+    if not Path(args.results_dir).is_dir():
+        raise UserError(f"results directory {args.results_dir} does not exist; run 'uebench run' first "
+                        f"or pass --results-dir")
+    text = export(args.results_dir, args.format, args.table)
+    if args.out:
+        from uebench.plan import check_writable
+        check_writable(Path(args.out).parent, "the export's folder", "--out")
+        write_atomic(args.out, text)
+        print(f"uebench: {args.format} written to {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     from uebench.migrate import migrate
     if not Path(args.results_dir).is_dir():
@@ -294,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
             build_parser().print_help()
             return 2
         handler = {"run": cmd_run, "list": cmd_list, "leaderboard": cmd_leaderboard,
-                   "migrate": cmd_migrate}[args.command]
+                   "export": cmd_export, "migrate": cmd_migrate}[args.command]
         return handler(args)
     except UserError as err:
         print(f"uebench: error: {err}", file=sys.stderr)

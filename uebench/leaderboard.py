@@ -105,6 +105,20 @@ def title_of(table: TableInfo) -> str:
     return f"{table.dataset['name']} · {table.protocol} · {table.model} · {length}"
 
 
+def protocol_text(table: TableInfo) -> str:
+    """How the table's victims were trained, in one sentence (markdown)."""
+    if table.protocol == "contrastive":      # SimCLR, then a linear probe: the supervised recipe is unused
+        return (f"contrastive; a SimCLR encoder `{table.model}` trained without labels on the (defended) "
+                f"training set, then a linear probe on its frozen features with the training labels; settings "
+                f"that differ from the published SimCLR protocol: {table.contrastive or 'none'}; "
+                f"preset `{table.preset}`.")
+    t = table.train
+    return (f"supervised; victim `{table.model}` trained {t['epochs']} epochs, SGD lr {t['lr']} "
+            f"({t['schedule']}), momentum {t['momentum']}{' Nesterov' if t['nesterov'] else ''}, weight decay "
+            f"{t['weight_decay']}, batch {t['batch_size']}, random crop (pad {t['crop_pad']} at 32 px, "
+            f"{t.get('crop_fill', 'reflect')} padding) + flip; preset `{table.preset}`.")
+
+
 def render_table(entries: list[Entry], results_link: str = "../results") -> str:
     """Markdown for one table's records."""
     view = gather(entries, results_link)
@@ -130,17 +144,8 @@ def render_table(entries: list[Entry], results_link: str = "../results") -> str:
         body.append(line)
     df = pd.DataFrame(body, columns=["attack", "budget", *col_names])
 
-    t, split, ds = table.train, table.split, table.dataset
-    if table.protocol == "contrastive":      # SimCLR, then a linear probe: the supervised recipe is unused
-        simclr = table.contrastive
-        protocol = (f"contrastive; a SimCLR encoder `{table.model}` trained without labels on the (defended) "
-                    f"training set, then a linear probe on its frozen features with the training labels; settings "
-                    f"that differ from the published SimCLR protocol: {simclr or 'none'}; preset `{table.preset}`.")
-    else:
-        protocol = (f"supervised; victim `{table.model}` trained {t['epochs']} epochs, SGD lr {t['lr']} "
-                    f"({t['schedule']}), momentum {t['momentum']}{' Nesterov' if t['nesterov'] else ''}, weight decay "
-                    f"{t['weight_decay']}, batch {t['batch_size']}, random crop (pad {t['crop_pad']} at 32 px, {t.get('crop_fill', 'reflect')} padding) + flip; "
-                    f"preset `{table.preset}`.")
+    split, ds = table.split, table.dataset
+    protocol = protocol_text(table)
     lines = [
         f"## {title_of(table)} (`{table.id}`)",
         "",

@@ -1,0 +1,84 @@
+"""Tables for papers and notebooks, from the records alone.
+
+    import uebench
+    df = uebench.load_table("results")                        # every table, long format
+    df = uebench.load_table("results", table="supervised-smallcnn-15ep-a99dd5")
+    df.pivot(index="attack", columns="defense", values="mean")
+
+``uebench export --format csv|json|latex [--table ID]`` writes the same numbers: mean ± std
+(percent, over the seeds that finished) per cell, and each table's protocol (in the LaTeX
+caption, and a field of the JSON).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from uebench.leaderboard import collect, gather, protocol_text, title_of
+from uebench.registry import UserError
+
+COLUMNS = ["dataset", "table", "protocol", "model", "preset", "attack", "budget", "defense", "mean", "std", "seeds"]
+FORMATS = ("csv", "json", "latex")
+
+
+def load_table(results_dir: str | Path = "results", table: str | None = None) -> pd.DataFrame:
+    """One row per cell (dataset, table, attack, defense) with finished seeds: ``mean`` and
+    ``std`` of the clean test accuracy in percent (std NaN for one seed), ``seeds`` their count."""
+    rows = []
+    for (dataset, table_id), entries in collect(Path(results_dir))[0].items():
+        if table is not None and table_id != table:
+            continue
+        view = gather(entries)
+        for attack in view.rows:
+            for defense in view.cols:
+                values = 100 * np.asarray(view.scores[(attack, defense)])
+                if len(values):
+                    rows.append([dataset, table_id, view.table.protocol, view.table.model, view.table.preset,
+                                 attack, view.threat.get(attack, ""), defense, values.mean(),
+                                 values.std(ddof=1) if len(values) > 1 else np.nan, len(values)])
+    frame = pd.DataFrame(rows, columns=COLUMNS)
+    if table is not None and frame.empty:
+        known = sorted({table_id for _, table_id in collect(Path(results_dir))[0]})
+        raise UserError(f"no finished cells in table {table!r} under {results_dir}; tables: {', '.join(known) or 'none'}")
+    return frame
+
+
+def export(results_dir: str | Path, fmt: str, table: str | None = None) -> str:
+    if fmt not in FORMATS:
+        raise UserError(f"unknown --format {fmt!r}: use {', '.join(FORMATS)}")
+    frame = load_table(results_dir, table)
+    if fmt == "csv":
+        return frame.to_csv(index=False, float_format="%.2f")
+    protocols = {table_id: (title_of(gather(entries).table), protocol_text(gather(entries).table))
+                 for (_, table_id), entries in collect(Path(results_dir))[0].items() if table_id in set(frame.table)}
+    if fmt == "json":
+        return json.dumps({"tables": {t: {"title": title, "protocol": text} for t, (title, text) in protocols.items()},
+                           "cells": json.loads(frame.to_json(orient="records", double_precision=4))}, indent=1) + "\n"
+    return "\n".join(latex_table(frame[frame.table == t], *protocols[t]) for t in sorted(protocols))
+
+
+def latex_table(cells: pd.DataFrame, title: str, protocol: str) -> str:
+    """A booktabs table: attacks down, defenses across, mean ± std (the clean row first)."""
+    def text(row) -> str:
+        return f"{row['mean']:.1f}" + ("" if np.isnan(row["std"]) else f" $\\pm$ {row['std']:.1f}")
+
+    attacks = list(dict.fromkeys(cells.attack))                 # the leaderboard's order: clean first
+    defenses = sorted(set(cells.defense), key=lambda d: (d != "none", d))
+    grid = {(row["attack"], row["defense"]): text(row) for row in cells.to_dict("records")}
+    def escape(value) -> str:
+        return "".join("\\" + c if c in "_%&#${}" else c for c in str(value))
+
+    lines = [r"\begin{table}[t]", r"\centering", r"\small",
+             rf"\caption{{{escape(title)}: clean test accuracy (\%), mean $\pm$ std over seeds. "
+             rf"Protocol: {escape(protocol.replace('`', ''))}}}",
+             r"\begin{tabular}{l" + "c" * len(defenses) + "}", r"\toprule",
+             "attack & " + " & ".join(escape(d) for d in defenses) + r" \\", r"\midrule"]
+    for attack in attacks:
+        lines.append(escape(attack) + " & " + " & ".join(grid.get((attack, d), "--") for d in defenses) + r" \\")
+        if attack == "clean":
+            lines.append(r"\midrule")
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
+    return "\n".join(lines)
