@@ -54,4 +54,4 @@ def test_bad_export_requests_get_one_line(results, capsys):
     assert main(["export", "--results-dir", str(results), "--format", "xml"]) == 2
     assert "unknown --format 'xml': use csv, json, latex" in capsys.readouterr().err
     assert main(["export", "--results-dir", str(results), "--table", "nope"]) == 2
-    assert f"no finished cells in table 'nope'" in capsys.readouterr().err
+    assert "no finished cells in table 'nope'" in capsys.readouterr().err
