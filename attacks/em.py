@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from uebench.api import Attack, ThreatModel
-from uebench.perturb import batch_stream, batches, pgd, project_linf
+from uebench.toolkit.perturb import batch_stream, batches, pgd, project_linf
 from uebench.train import accuracy, autocast
 
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch.func import jacrev, vmap
 
 from uebench.api import Attack, ThreatModel
-from uebench.perturb import pgd_step, project_linf
+from uebench.toolkit.perturb import pgd_step, project_linf
 
 Features = object   # what a tangent kernel computes once per image set (see TangentKernel)
 

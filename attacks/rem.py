@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from uebench.api import Attack, ThreatModel
-from uebench.perturb import augmented_copies, batch_stream, batches, pgd, pgd_step, project_linf, uniform_start
+from uebench.toolkit.perturb import augmented_copies, batch_stream, batches, pgd, pgd_step, project_linf, uniform_start
 from uebench.train import TrainConfig, accuracy, autocast, crop_pad_for
 
 

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from uebench.api import Attack, ThreatModel
-from uebench.perturb import batches, pgd
-from uebench.surrogate import trained_surrogate
+from uebench.toolkit.perturb import batches, pgd
+from uebench.toolkit.surrogate import trained_surrogate
 from uebench.train import autocast, crop_pad_for, random_crop_flip
 
 
@@ -16,7 +16,7 @@ from uebench.train import autocast, crop_pad_for, random_crop_flip
 class TAP(Attack):
     """Fowl et al., "Adversarial Examples Make Strong Poisons", NeurIPS 2021.
 
-    A surrogate is trained on the clean protected set (:func:`uebench.surrogate.trained_surrogate`,
+    A surrogate is trained on the clean protected set (:func:`uebench.toolkit.surrogate.trained_surrogate`,
     cached and shared). Each image then gets a targeted adversarial perturbation towards the
     class (y + 1) mod K: signed-gradient descent on CE(f(A(x + δ)), (y + 1) mod K) inside the
     L∞ ball, with a fresh random crop and flip A at every step so the perturbation survives

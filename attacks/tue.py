@@ -6,8 +6,8 @@ from dataclasses import dataclass
 import torch
 
 from uebench.api import Attack, ThreatModel
-from uebench.contrastive import ContrastiveConfig, contrastive_loss, make_simclr, simclr_augmentation
-from uebench.perturb import batches, pgd_step, uniform_start
+from uebench.toolkit.contrastive import ContrastiveConfig, contrastive_loss, make_simclr, simclr_augmentation
+from uebench.toolkit.perturb import batches, pgd_step, uniform_start
 
 
 def class_separability(delta: torch.Tensor, y: torch.Tensor, tiny: float = 1e-5) -> torch.Tensor:

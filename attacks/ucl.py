@@ -1,7 +1,6 @@
 """Contrastive poisoning (UCL): noise that a SimCLR encoder learns instead of the images."""
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
 from typing import ClassVar
@@ -9,9 +8,10 @@ from typing import ClassVar
 import torch
 
 from uebench.api import Attack, ThreatModel, hparams
-from uebench.contrastive import (ContrastiveConfig, contrastive_loss, learning_rate, make_simclr, set_lr, sgd,
+from uebench.toolkit.contrastive import (ContrastiveConfig, contrastive_loss, learning_rate, make_simclr, set_lr, sgd,
                                  simclr_augmentation)
-from uebench.perturb import batch_stream, batches, pgd_step, project_linf, uniform_start
+from uebench.storage import tensor_fingerprint
+from uebench.toolkit.perturb import batch_stream, batches, pgd_step, project_linf, uniform_start
 
 
 @dataclass
@@ -81,7 +81,7 @@ class UCLClasswise(Attack):
         def build():
             start = uniform_start(torch.empty(ctx.num_classes, *x.shape[1:]), self.eps, ctx.generator(101))
             return self.optimise(x, y, start, y, ctx, seed_offset=101).cpu()
-        key = {"method": "ucl-classwise-noise", "hparams": hparams(self), "data": fingerprint(x, y)}
+        key = {"method": "ucl-classwise-noise", "hparams": hparams(self), "data": tensor_fingerprint(x, y)}
         return ctx.cached(key, build, name="ucl")
 
     def optimise(self, x: torch.Tensor, y: torch.Tensor, delta: torch.Tensor, rows: torch.Tensor, ctx,
@@ -183,11 +183,3 @@ class UCL(UCLClasswise):
             start = uniform_start(x, self.eps, ctx.generator(102))
         delta = self.optimise(x, y, start, torch.arange(len(x)), ctx, seed_offset=102)
         return (x + delta.cpu()).clamp(0, 1)
-
-
-def fingerprint(x: torch.Tensor, y: torch.Tensor) -> str:
-    """A short content hash of a labelled image set (for cache keys of intermediate results)."""
-    digest = hashlib.sha256()
-    for t in (x, y):
-        digest.update(t.detach().to("cpu").contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]

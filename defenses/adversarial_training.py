@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from uebench.api import Defense
-from uebench.perturb import pgd, project_linf, uniform_start
+from uebench.toolkit.perturb import pgd, project_linf, uniform_start
 from uebench.train import autocast
 
 DEFAULT_EPS = {"linf": 8 / 255, "l2": 0.5}

@@ -12,26 +12,9 @@ from typing import ClassVar
 import kornia.filters
 import torch
 import torch.nn.functional as F
-from torchvision.io import decode_jpeg, encode_jpeg
-from torchvision.transforms.v2 import functional as TF
 
 from uebench.api import Defense
-
-
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """[0, 1] floats to uint8 pixels (rounded), contiguous NCHW."""
-    return x.mul(255).round_().clamp_(0, 255).to(torch.uint8).contiguous()
-
-
-def jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
-    """A real JPEG round trip of a float batch at ``quality`` (libjpeg on the CPU, nvjpeg on CUDA).
-
-    Uses torchvision.io's list API: one call encodes and one decodes the whole batch.
-    1-channel images are coded as grayscale JPEGs.
-    """
-    encoded = encode_jpeg(list(to_uint8(x)), quality=quality)
-    decoded = decode_jpeg(encoded, device=x.device)
-    return torch.stack(decoded).to(x.dtype) / 255
+from uebench.toolkit.images import jpeg, to_uint8
 
 
 @dataclass

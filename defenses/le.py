@@ -7,7 +7,7 @@ from typing import Callable
 
 import torch
 
-from uebench.diffusion import DIFFUSION_PRESETS, DiffusionModel, DiffusionPurification
+from uebench.toolkit.diffusion import DIFFUSION_PRESETS, DiffusionModel, DiffusionPurification
 
 
 # The official guidance scale was set for mean distances over 32×32×3 values; a mean over
@@ -21,7 +21,7 @@ class LE(DiffusionPurification):
     Unexploitable Data with Learnable Examples", ACM MM 2023 (arXiv 2305.09241).
 
     A DDPM of clean data (trained on the defender's reference split, see
-    :mod:`uebench.diffusion`) turns each unlearnable example x_ue into a *learnable*
+    :mod:`uebench.toolkit.diffusion`) turns each unlearnable example x_ue into a *learnable*
     example: x_ue (scaled to [-1, 1]) is diffused to step ``t_star`` and denoised back to
     0, and every reverse step is guided towards x_ue so the image keeps its content while
     the perturbation is washed out; the pass is repeated ``passes`` times, each starting
@@ -33,7 +33,7 @@ class LE(DiffusionPurification):
     with x_ue,t = √ᾱ_t x_ue + √(1 − ᾱ_t) ε drawn afresh at every step and
     G = −(1/``guidance_batch``)·Σ_images d(x_t, x_ue,t): d is the pixel MSE for the noisy steps t > ``switch_step``
     and the perceptual distance for t ≤ ``switch_step`` (LPIPS-AlexNet, or the offline
-    stand-in of :mod:`uebench.perceptual`; which one is in ``ctx.notes["perceptual"]``).
+    stand-in of :mod:`uebench.toolkit.perceptual`; which one is in ``ctx.notes["perceptual"]``).
     The guidance scale s_t = √(1 − ᾱ_t) / (m √ᾱ_t) with m = 2·``budget`` / (3·``guidance_scale``)
     (the official m = (2·8/255)/3/70000: the budget on the [-1, 1] scale over three times
     the scale); ``guidance_scale = 0`` turns the guidance off.
@@ -68,7 +68,7 @@ class LE(DiffusionPurification):
     - Without LPIPS-AlexNet weights (offline machines) the perceptual distance is the
       LPIPS-style stand-in over a classifier trained on the reference split, scaled so that
       its gradient matches the pixel MSE's (unscaled, it pulled 40 times harder and
-      destroyed the images; see :meth:`uebench.perceptual.FeatureDistance.calibrate`).
+      destroyed the images; see :meth:`uebench.toolkit.perceptual.FeatureDistance.calibrate`).
     """
 
     name = "le"
@@ -108,7 +108,7 @@ class LE(DiffusionPurification):
         timesteps = model.timesteps(self.t_star, self.stride)
         distance = None
         if self.guidance_scale and any(self.distance_kind(t) == "perceptual" for t in timesteps):
-            from uebench.perceptual import perceptual_distance
+            from uebench.toolkit.perceptual import perceptual_distance
             distance = perceptual_distance(self.perceptual, reference, ctx, self.perceptual_arch)
         # x_ue,t draws from its own stream, so guided and unguided runs share the chain's noise
         guidance = Guidance(distance, ctx.generator(104729))

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torchvision.transforms import v2
 
 from uebench.api import Defense
-from uebench.defenses.iss import jpeg, to_uint8
+from uebench.toolkit.images import jpeg, to_uint8
 
 
 class ScaledTrivialAugmentWide(v2.TrivialAugmentWide):

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from uebench.attacks.em import EM, EMClasswise, class_mean
 from uebench.attacks.rem import REM
 from uebench.models import create_model
-from uebench.perturb import augmented_copies, batch_stream, pgd, pgd_step, project_linf
+from uebench.toolkit.perturb import augmented_copies, batch_stream, pgd, pgd_step, project_linf
 from uebench.registry import ATTACKS
 from uebench.train import train_supervised, TrainConfig
 

@@ -10,12 +10,12 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, jacrev, vmap
 
-import uebench.surrogate as surrogate_module
+import uebench.toolkit.surrogate as surrogate_module
 from conftest import tiny_images
 from uebench.attacks.ntga import NTGA, CNNKernel, FNNKernel, fnn_ntk, ntk_regression_weights
 from uebench.attacks.tap import TAP
-from uebench.perturb import project_linf
-from uebench.surrogate import trained_surrogate
+from uebench.toolkit.perturb import project_linf
+from uebench.toolkit.surrogate import trained_surrogate
 
 EPS = 8 / 255
 ATTACKS = {

@@ -10,7 +10,7 @@ from conftest import tiny_images
 from uebench.attacks.tue import TUE, class_separability
 from uebench.attacks.ucl import UCL, UCLClasswise
 from uebench.budget import check_budget
-from uebench.perturb import pgd_step
+from uebench.toolkit.perturb import pgd_step
 from uebench.registry import ATTACKS
 
 EPS = 8 / 255

@@ -1,4 +1,4 @@
-"""The DDPM of clean data (uebench.diffusion), the perceptual distances, LE and AVATAR."""
+"""The DDPM of clean data (uebench.toolkit.diffusion), the perceptual distances, LE and AVATAR."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -6,13 +6,14 @@ from dataclasses import replace
 import pytest
 import torch
 
-import uebench.diffusion as diffusion
+import uebench.toolkit.diffusion as diffusion
 from conftest import tiny_images
 from uebench.defenses.avatar import AVATAR
 from uebench.defenses.le import LE
-from uebench.diffusion import (CONFIGS, DiffusionModel, fingerprint, get_config, make_scheduler, make_unet,
+from uebench.storage import tensor_fingerprint as fingerprint
+from uebench.toolkit.diffusion import (CONFIGS, DiffusionModel, get_config, make_scheduler, make_unet,
                                train_diffusion)
-from uebench.perceptual import FeatureDistance, lpips_unavailable, perceptual_distance
+from uebench.toolkit.perceptual import FeatureDistance, lpips_unavailable, perceptual_distance
 from uebench.registry import DEFENSES
 
 FAST = dict(diffusion="tiny", diffusion_steps=3, batch_size=32)   # a barely trained model: mechanics only

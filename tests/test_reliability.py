@@ -40,7 +40,8 @@ def test_code_fingerprint_follows_the_source_file(tmp_path, monkeypatch):
 
 def test_shared_caches_are_keyed_by_code(ctx, monkeypatch):
     """ctx.cached (surrogates, UCL, the perceptual network) and the diffusion models."""
-    from uebench import context, diffusion
+    from uebench import context
+    from uebench.toolkit import diffusion
     diffusion_code = context.code_fingerprint(diffusion.train_diffusion)
     built = []
     build = lambda: built.append(1) or len(built)       # noqa: E731

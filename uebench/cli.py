@@ -145,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     mig = sub.add_parser("migrate", help="restamp records of an older schema whose code is unchanged")
     mig.add_argument("--results-dir", default=DEFAULT_RESULTS, type=Path)
     mig.add_argument("--dry-run", action="store_true", help="say what would change and change nothing")
+    mig.add_argument("--as-of", metavar="REV", help="compare with the method files at this git revision (their "
+                     "code unchanged since, only docstrings, comments or import paths)")
     return parser
 
 
@@ -299,7 +301,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     from uebench.migrate import migrate
     if not Path(args.results_dir).is_dir():
         raise UserError(f"results directory {args.results_dir} does not exist; pass --results-dir")
-    outcome = migrate(args.results_dir, dry_run=args.dry_run)
+    outcome = migrate(args.results_dir, dry_run=args.dry_run, as_of=args.as_of)
     for path in outcome["stale"]:
         print(f"uebench: {path}: made by other code than its method has now; left as it is (a run redoes it)",
               file=sys.stderr)

@@ -7,22 +7,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Callable, TypeVar
 
 import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
 from uebench.models import create_model
-from uebench.storage import code_fingerprint, content_key, write_atomic  # noqa: F401 (re-exported for methods)
+from uebench.storage import code_fingerprint, content_key, write_atomic
 from uebench.train import TrainConfig, train_supervised
 
 T = TypeVar("T")
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` through :func:`uebench.storage.write_atomic`."""
-    write_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
 @dataclass
@@ -64,7 +59,7 @@ class Context:
         """Train a classifier with the table's protocol; ``overrides`` change TrainConfig fields."""
         cfg = replace(self.train, **overrides)
         if self.protocol == "contrastive":
-            from uebench.contrastive import train_contrastive  # the contrastive protocol (SimCLR + probe)
+            from uebench.toolkit.contrastive import train_contrastive  # the contrastive protocol (SimCLR + probe)
             return train_contrastive(x, y, self, defense=defense, arch=arch)
         torch.manual_seed(self.seed)       # the initial weights depend on the seed only
         model = self.make_model(arch)
@@ -88,5 +83,5 @@ class Context:
             except Exception:  # a corrupt cache entry is rebuilt, never trusted
                 path.unlink(missing_ok=True)
         value = build()
-        atomic_torch_save({"key": full_key, "value": value}, path)
+        write_atomic(path, lambda tmp: torch.save({"key": full_key, "value": value}, tmp))
         return value

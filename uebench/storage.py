@@ -1,8 +1,9 @@
 """How uebench names and writes what it keeps: content keys, code fingerprints, atomic files.
 
 Every file uebench writes (records, cache entries, the leaderboard) goes through
-:func:`write_atomic`; every cache key is a :func:`content_key`; every record and cache entry
-names the code that made it with a :func:`code_fingerprint`.
+:func:`write_atomic`; every cache key is a :func:`content_key`, with the data it was made from
+named by a :func:`tensor_fingerprint`; every record and cache entry names the code that made it
+with a :func:`code_fingerprint`.
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
+
+import torch
 
 
 def content_key(obj: Any) -> str:
@@ -49,6 +52,14 @@ def code_fingerprint(*objects: Any, version: int = FINGERPRINT_VERSION) -> str:
     return digest.hexdigest()[:12]
 
 
+def source_fingerprint(source: bytes, version: int = FINGERPRINT_VERSION) -> str:
+    """:func:`code_fingerprint` of one module whose source is ``source`` (e.g. an older revision's)."""
+    from uebench import __version__
+    digest = hashlib.sha256(__version__.encode())
+    digest.update(source if version == 1 else normalized_code(source).encode())
+    return digest.hexdigest()[:12]
+
+
 def normalized_code(source: str | bytes) -> str:
     """The module's syntax tree, without docstrings and with imports reduced to their bound names."""
     tree = _Normalize().visit(ast.parse(source))
@@ -80,6 +91,17 @@ def assigns(stmt: ast.stmt, name: str) -> bool:
     """Whether ``stmt`` is ``name = ...`` or ``name: T = ...``."""
     targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target] if isinstance(stmt, ast.AnnAssign) else []
     return any(isinstance(t, ast.Name) and t.id == name for t in targets)
+
+
+def tensor_fingerprint(*tensors: Any) -> str:
+    """A content hash of tensors (shape, dtype and bytes of each): which data a model or a cache
+    entry was made from."""
+    digest = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().to("cpu").contiguous()
+        digest.update(f"{tuple(t.shape)}{t.dtype}".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()[:16]
 
 
 def write_atomic(path: Path, content: str | bytes | Callable[[Path], None]) -> None:

@@ -87,7 +87,7 @@ def test_pgd_steps(benchmark, model_name):
 
 def test_le_purification(benchmark, tmp_path):
     from uebench.defenses.le import LE
-    from uebench.diffusion import CONFIGS, DiffusionModel, make_unet
+    from uebench.toolkit.diffusion import CONFIGS, DiffusionModel, make_unet
     n = 512 if ON_GPU else 8
     images, labels = tiny_images(n, size=32)
     reference = tiny_images(64, size=32, seed=1)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import tiny_images
-from uebench.diffusion import CONFIGS, DiffusionModel, make_unet, train_diffusion
+from uebench.toolkit.diffusion import CONFIGS, DiffusionModel, make_unet, train_diffusion
 
 pytestmark = pytest.mark.benchmark
 

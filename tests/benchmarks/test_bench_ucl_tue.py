@@ -18,7 +18,7 @@ from conftest import tiny_images
 from uebench.attacks.tue import TUE
 from uebench.attacks.ucl import UCL, UCLClasswise
 from uebench.context import Context
-from uebench.contrastive import train_contrastive
+from uebench.toolkit.contrastive import train_contrastive
 
 N_IMAGES, SIZE = 256, 16
 

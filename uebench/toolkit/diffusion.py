@@ -27,7 +27,6 @@ both defenses reuse one model.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -39,7 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from uebench.api import Defense
-from uebench.context import atomic_torch_save, code_fingerprint, content_key
+from uebench.storage import code_fingerprint, content_key, tensor_fingerprint, write_atomic
 from uebench.train import autocast
 
 if TYPE_CHECKING:
@@ -123,16 +122,6 @@ def make_unet(config: DiffusionConfig, channels: int, size: int) -> "UNet2DModel
                        dropout=config.dropout, norm_num_groups=config.norm_num_groups)
 
 
-def fingerprint(*tensors: torch.Tensor) -> str:
-    """A content hash of tensors (shape, dtype and bytes): which data a model saw."""
-    h = hashlib.sha256()
-    for t in tensors:
-        t = t.detach().to("cpu").contiguous()
-        h.update(f"{tuple(t.shape)}{t.dtype}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()[:16]
-
-
 def padding_for(size: tuple[int, int], multiple: int) -> tuple[int, int, int, int]:
     """(left, right, top, bottom) reflect padding that makes H and W multiples of ``multiple``."""
     h, w = size
@@ -167,7 +156,7 @@ def train_diffusion(images: torch.Tensor, config: DiffusionConfig, device: torch
     """
     from torch.optim.swa_utils import AveragedModel
 
-    data_fingerprint = fingerprint(images)
+    data_fingerprint = tensor_fingerprint(images)
     pad = padding_for(images.shape[-2:], config.pad_multiple)
     x = F.pad(images.float() * 2 - 1, pad, mode="reflect") if any(pad) else images.float() * 2 - 1
     x = x.to(device)
@@ -196,10 +185,10 @@ def train_diffusion(images: torch.Tensor, config: DiffusionConfig, device: torch
 
     def save_checkpoint() -> None:
         if checkpoint is not None:
-            atomic_torch_save({"step": step, "model": unet.state_dict(), "ema": ema.state_dict(),
+            write_atomic(checkpoint, lambda tmp: torch.save({"step": step, "model": unet.state_dict(), "ema": ema.state_dict(),
                                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                                "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
-                               "fingerprint": data_fingerprint, "config": asdict(config)}, checkpoint)
+                               "fingerprint": data_fingerprint, "config": asdict(config)}, tmp))
 
     bar = progress(total=config.train_steps, desc="diffusion") if progress else None
     if bar is not None:
@@ -344,7 +333,7 @@ def diffusion_model(reference: tuple[torch.Tensor, torch.Tensor], config_name: s
     if len(images) == 0:
         raise ValueError("diffusion purification needs a clean reference split (n_reference > 0)")
     config = get_config(config_name, **overrides)
-    ref_fingerprint = fingerprint(images)
+    ref_fingerprint = tensor_fingerprint(images)
     key = {"diffusion": config_name, "config": asdict(config), "reference": ref_fingerprint,
            "dataset": ctx.dataset, "seed": ctx.seed, "version": 1, "code": code_fingerprint(train_diffusion)}
     cache_key = content_key(key)
@@ -368,7 +357,7 @@ def diffusion_model(reference: tuple[torch.Tensor, torch.Tensor], config_name: s
                                           checkpoint=folder / "checkpoint.pt" if folder is not None else None,
                                           progress=lambda **kw: ctx.pbar(**kw))
             if final is not None:
-                atomic_torch_save({"key": key, "model": unet.state_dict(), "facts": facts}, final)
+                write_atomic(final, lambda tmp: torch.save({"key": key, "model": unet.state_dict(), "facts": facts}, tmp))
                 (folder / "checkpoint.pt").unlink(missing_ok=True)   # the final weights supersede it
             source = "trained"
         model = DiffusionModel(unet.to("cpu"), config, tuple(images.shape[-2:]), facts)
@@ -407,7 +396,7 @@ class DiffusionPurification(Defense):
     Subclasses implement :meth:`purify_batch` (images in model space, [-1, 1], padded).
     """
 
-    diffusion: str = "ddpm-cifar"            # a name in uebench.diffusion.CONFIGS
+    diffusion: str = "ddpm-cifar"            # a name in uebench.toolkit.diffusion.CONFIGS
     diffusion_steps: int | None = None       # training steps (None: the config's)
     diffusion_max_timestep: int | None = None
     diffusion_ema: float | None = None

@@ -8,24 +8,14 @@ the same surrogate gets the same weights without training again.
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import replace
 
 import torch
 import torch.nn as nn
 
 from uebench import train as train_module
-from uebench.context import code_fingerprint
+from uebench.storage import code_fingerprint, tensor_fingerprint
 from uebench.train import accuracy, train_supervised
-
-
-def data_fingerprint(x: torch.Tensor, y: torch.Tensor) -> str:
-    """A short hash of the images and labels (so a cache entry never serves other data)."""
-    digest = hashlib.sha256()
-    digest.update(str((tuple(x.shape), str(x.dtype))).encode())
-    digest.update(x.detach().cpu().contiguous().numpy().tobytes())
-    digest.update(y.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 def trained_surrogate(x: torch.Tensor, y: torch.Tensor, ctx, arch: str | None = None,
@@ -41,7 +31,7 @@ def trained_surrogate(x: torch.Tensor, y: torch.Tensor, ctx, arch: str | None = 
     arch = arch or ctx.model
     cfg = replace(ctx.train, epochs=epochs)
     key = {"what": "supervised-surrogate", "arch": arch, "epochs": epochs, "train": cfg.as_dict(),
-           "num_classes": ctx.num_classes, "data": data_fingerprint(x, y),
+           "num_classes": ctx.num_classes, "data": tensor_fingerprint(x, y),
            "trainer": code_fingerprint(train_module)}   # this module's own code is added by ctx.cached
 
     def build() -> dict[str, torch.Tensor]:

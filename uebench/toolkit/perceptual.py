@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from uebench.models import create_model
+from uebench.storage import tensor_fingerprint
 from uebench.train import train_supervised
 
 if TYPE_CHECKING:
@@ -116,9 +117,8 @@ class FeatureDistance(nn.Module):
 def reference_classifier(reference: tuple[torch.Tensor, torch.Tensor], ctx: "Context",
                          arch: str = "smallcnn") -> nn.Module:
     """A classifier trained with the shared recipe on the reference split (cached)."""
-    from uebench.diffusion import fingerprint
     x, y = reference
-    key = {"perceptual": "reference-classifier", "arch": arch, "reference": fingerprint(x, y),
+    key = {"perceptual": "reference-classifier", "arch": arch, "reference": tensor_fingerprint(x, y),
            "train": ctx.train.as_dict()}
 
     def build():

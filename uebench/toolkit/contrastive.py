@@ -57,7 +57,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from uebench.perturb import batches
+from uebench.toolkit.perturb import batches
 from uebench.train import autocast
 
 if TYPE_CHECKING:
