@@ -95,3 +95,68 @@ def test_migrate_restamps_a_schema_2_record_of_unchanged_code_and_leaves_a_stale
     assert finished_as(restamped, cell)
     assert load_record(tmp_path / "ds/table/other/none/seed0.json").schema == 2     # left as it was
     assert migrate(tmp_path)["migrated"] == []                                      # a second pass: nothing
+
+
+PLUGIN = '''"""{doc}"""
+from dataclasses import dataclass
+from uebench import Attack, ThreatModel, register_attack
+
+
+@register_attack
+@dataclass
+class AsOfNoise(Attack):
+    name = "as-of-noise"
+    eps: float = 4 / 255
+
+    def threat_model(self):
+        return ThreatModel("linf", self.eps)
+
+    def generate(self, x, y, ctx):
+        return (x + {step}).clamp(0, 1)
+'''
+
+
+def test_migrate_as_of_a_revision_restamps_records_whose_file_changed_but_not_its_code(tmp_path, monkeypatch):
+    """Run after a refactor touched docstrings or imports: the files are compared as they were."""
+    import subprocess
+
+    from registry_sandbox import sandbox_registries
+    from uebench.migrate import migrate
+    from uebench.records import load_record, write_record
+    from uebench.registry import load_plugin
+    from uebench.storage import code_fingerprint, source_fingerprint
+    sandbox_registries(monkeypatch)
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    plugin = repo / "as_of_noise.py"
+    plugin.write_text(PLUGIN.format(doc="First words.", step="self.eps"))
+    git = lambda *args: subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True)   # noqa: E731
+    git("init", "-q")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "the method", "--allow-empty")
+    git("add", plugin.name)
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "the method")
+    made_by = source_fingerprint(plugin.read_bytes(), version=1)
+    load_plugin(str(plugin))
+
+    def schema_2_record(folder: str):
+        record = Record.from_dict({"status": "ok", "seed": 0, "table": TABLE, "metrics": {"test_acc": 0.5},
+                                   "attack": {"name": "as-of-noise", "folder": "as-of-noise", "hparams": {},
+                                              "code": made_by},
+                                   "defense": {"name": "none", "folder": "none", "hparams": {},
+                                               "code": code_fingerprint(DEFENSES.get("none"), version=1)}})
+        path = tmp_path / "results" / "ds" / folder / "as-of-noise" / "none" / "seed0.json"
+        write_record(path, record)
+        raw = json.loads(path.read_text()) | {"schema": 2}
+        raw.pop("checksum")
+        path.write_text(json.dumps({**raw, "checksum": checksum(raw)}))
+        return path
+
+    plugin.write_text(PLUGIN.format(doc="Other words, and the imports could move too.", step="self.eps"))
+    path = schema_2_record("docstring")
+    assert migrate(tmp_path / "results", dry_run=True)["stale"] == [path]          # the file's bytes changed
+    assert migrate(tmp_path / "results", as_of="HEAD")["migrated"] == [path]       # its code did not
+    assert load_record(path).attack.code == code_fingerprint(ATTACKS.get("as-of-noise"))
+
+    plugin.write_text(PLUGIN.format(doc="First words.", step="2 * self.eps"))      # the code changed
+    path = schema_2_record("code")
+    assert migrate(tmp_path / "results", as_of="HEAD")["stale"] == [path]
