@@ -165,3 +165,19 @@ def test_output_that_is_not_a_terminal_gets_one_line_per_finished_cell(tmp_path,
     assert "about" in cells[0]                               # an estimate while cells are left
     poisons = [line for line in err.splitlines() if line.startswith("uebench: [") and "poison set" in line]
     assert len(poisons) == 2 and all(line.endswith("left)") or "left, about" in line for line in poisons)
+
+
+def test_run_alone_is_a_short_first_grid_that_ends_with_its_table_and_what_to_try_next(tmp_path, capsys):
+    from uebench.cli import FIRST_GRID
+    assert main(["run", "--preset", "smoke", "--epochs", "1", "--results-dir", str(tmp_path / "r")]) == 0
+    out, err = capsys.readouterr()
+    assert "the first grid" in err
+    rows = {line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| ") and "budget" not in line}
+    assert rows == {"clean", *FIRST_GRID["attacks"].split(",")}
+    header = next(line for line in out.splitlines() if line.startswith("| attack"))
+    assert [c.strip() for c in header.split("|")[3:-1]] == ["none", "cutout", "iss-jpeg"]
+    assert "Next:" in out and "--attacks all --defenses all" in out
+    # naming a part of the grid runs that grid (the other part defaults to all), and prints no table
+    assert main(["run", "--preset", "smoke", "--epochs", "1", "--attacks", "random-noise", "--defenses", "none",
+                 "--results-dir", str(tmp_path / "r2")]) == 0
+    assert "Next:" not in capsys.readouterr().out

@@ -89,8 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
 
     run = sub.add_parser("run", help="run attacks x defenses x seeds and write records + the leaderboard")
-    run.add_argument("--attacks", default="all", help="'all', a comma list, or wildcards (em*,tap)")
-    run.add_argument("--defenses", default="all", help="'all', a comma list, or wildcards")
+    run.add_argument("--attacks", help="'all', a comma list, or wildcards (em*,tap); without --attacks and "
+                     "--defenses: the one-minute first grid")
+    run.add_argument("--defenses", help="'all', a comma list, or wildcards (default: all, once --attacks is given)")
     run.add_argument("--preset", default="demo", help="smoke | demo (default) | cpu | gpu | paper")
     run.add_argument("--dataset", help="digits, fashion-mnist, cifar10, cifar100, svhn, npz:PATH, imagefolder:PATH")
     run.add_argument("--data-root", help="where torchvision datasets live (default ~/.cache/uebench/data)")
@@ -150,12 +151,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# `uebench run` with no grid named: the two reference rows (random noise, which should do nothing,
+# and class-wise noise), EM and two shortcuts that show even on 8x8 digits (OPS, AR), under no
+# defense and two cheap ones; one seed. About 40 s on 2 cores.
+FIRST_GRID = {"attacks": "random-noise,classwise-noise,em,ops,ar", "defenses": "none,iss-jpeg,cutout",
+              "seeds": "0"}
+NEXT_COMMANDS = """Next:
+  uebench run --attacks all --defenses all --jobs 2        # the whole demo grid on digits (420 cells, about 20 min on 2 cores)
+  uebench run --preset cpu --dataset cifar10 --download --attacks em,tap,ops --defenses none,iss-gray,iss-jpeg --jobs 2
+                                                           # CIFAR-10 at CPU scale (minutes a cell)
+  uebench run --preset gpu --dataset cifar10 --download --attacks all --defenses all   # ResNet-18 on one GPU
+  uebench list                                             # every attack and defense
+The committed CIFAR-10 tables: leaderboard/LEADERBOARD.md"""
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from uebench import leaderboard
     from uebench.plan import RunSpec, check_writable, make_plan
     from uebench.runner import check_worker_flags, plan_workers, run
 
     args.leaderboard = leaderboard_path(args.results_dir, args.leaderboard)
+    first_grid = args.attacks is None and args.defenses is None
+    if first_grid:   # `uebench run` alone: a grid that finishes in about a minute on 2 cores
+        args.attacks, args.defenses = FIRST_GRID["attacks"], FIRST_GRID["defenses"]
+        args.seeds = args.seeds or FIRST_GRID["seeds"]
+    args.attacks, args.defenses = args.attacks or "all", args.defenses or "all"
     overrides = {k: getattr(args, k) for k in ("model", "protocol", "epochs", "batch_size", "lr", "weight_decay",
                                                 "n_reference", "n_protected", "train_subset", "test_subset", "cell_threads",
                                                 "schedule", "crop_fill") if getattr(args, k) is not None}
@@ -170,6 +190,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                    progress=not args.quiet, plugins=args.plugin)
     check_worker_flags(spec)
     plan = make_plan(spec)
+    if first_grid:
+        print(f"uebench: the first grid (--attacks {args.attacks} --defenses {args.defenses} --seeds {args.seeds}); "
+              f"name --attacks or --defenses for another", file=sys.stderr)
     for path in plan.corrupt:
         print(f"uebench: corrupt record {path} (truncated or failing its checksum); its cell runs again",
               file=sys.stderr)
@@ -200,6 +223,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         report_unreadable(args.results_dir)      # records of other grids: said, not this run's failure
     print(f"uebench: {len(records) - len(failed)} cells done, {len(failed)} failed; records in "
           f"{plan.table_dir}", file=sys.stderr)
+    if first_grid:
+        entries = leaderboard.collect(Path(args.results_dir))[0].get((plan.dataset.name, plan.table_id), [])
+        wanted = {(a.folder, d.folder) for a, d in {(c.attack, c.defense) for c in plan.cells}}
+        entries = [(path, r) for path, r in entries if (r.attack.folder, r.defense.folder) in wanted]
+        if entries:
+            print(leaderboard.render_table(entries).split("\n\n![")[0].strip() + "\n")
+        print(NEXT_COMMANDS)
     return 1 if failed else 0
 
 
