@@ -136,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--out", type=Path, help=f"default: {DEFAULT_LEADERBOARD} for {DEFAULT_RESULTS}/, "
                        "else RESULTS_DIR/LEADERBOARD.md")
     board.add_argument("--check", action="store_true", help="exit 1 if OUT differs from the rendering")
+    board.add_argument("--html", type=Path, metavar="DIR", help="also write a static web page (index.html, "
+                       "heatmaps, the records it links to) into DIR")
 
     exp = sub.add_parser("export", help="the tables as csv, json or latex, from the records alone")
     exp.add_argument("--format", default="csv", help="csv (default) | json | latex")
@@ -307,6 +309,11 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         return 0
     out = leaderboard.write(args.results_dir, args.out)
     print(f"uebench: leaderboard written to {out}", file=sys.stderr)
+    if args.html:
+        from uebench.plan import check_writable
+        from uebench.site import write_site
+        check_writable(args.html, "the web page's folder", "--html")
+        print(f"uebench: web page written to {write_site(args.results_dir, args.html)}", file=sys.stderr)
     return 1 if report_unreadable(args.results_dir) else 0
 
 
