@@ -125,7 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
                      "before its cell is recorded as failed (default 2)")
     run.add_argument("--force", action="store_true", help="recompute finished cells")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
-    run.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    run.add_argument("--dry-run", action="store_true", help="print the plan and its predicted cost, and exit "
+                     "(also: uebench plan ...)")
+    run.add_argument("--throughputs", type=Path, help="with --dry-run: this device's measured throughputs (default "
+                     f"{THROUGHPUTS}/<cpu|cuda>.json; tests/benchmarks/test_bench_device.py makes one)")
+    run.add_argument("--reference-table", help="with --dry-run: the table whose timings are scaled (default: the "
+                     "`cpu` table of the same protocol under --results-dir)")
 
     lst = sub.add_parser("list", help="list registered attacks and defenses")
     lst.add_argument("kind", nargs="?", choices=["attacks", "defenses"], help="only this kind")
@@ -206,6 +211,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         for cell in plan.pending:
             print(f"{cell.attack.folder}\t{cell.defense.folder}\tseed {cell.seed}")
+        print_cost(plan, args)
         return 0
     if not args.no_leaderboard:
         check_writable(Path(args.leaderboard).parent, "the leaderboard's folder", "--leaderboard (or --no-leaderboard)")
@@ -233,6 +239,43 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(leaderboard.render_table(entries).split("\n\n![")[0].strip() + "\n")
         print(NEXT_COMMANDS)
     return 1 if failed else 0
+
+
+THROUGHPUTS = Path("leaderboard/throughputs")   # measured images/s per device kind, committed
+
+
+def print_cost(plan, args: argparse.Namespace) -> None:
+    """The pending poison sets, shared models and cells, and their predicted device time."""
+    from uebench.api import Defense
+    from uebench.cost import estimate, load_throughputs, reference_records
+    from uebench.leaderboard import collect
+    from uebench.runner import resolve_device
+    poisons = {c.attack.folder for c in plan.pending if c.attack.name != "clean"}
+    shared = {c.defense.folder for c in plan.pending if type(c.defense.instance).prepare is not Defense.prepare}
+    print(f"uebench: to build: {len(poisons)} poison set(s), {len(shared)} shared model(s) "
+          f"({', '.join(sorted(shared)) or 'none'}), {len(plan.pending)} cell(s)", file=sys.stderr)
+    kind = resolve_device(args.device).type
+    here = args.throughputs or THROUGHPUTS / f"{kind}.json"
+    reference_file = THROUGHPUTS / "cpu.json"
+    if not here.exists() or not reference_file.exists():
+        print(f"uebench: no cost estimate: {here if not here.exists() else reference_file} is missing "
+              f"(measure with tests/benchmarks/test_bench_device.py; see README, 'The gpu table')", file=sys.stderr)
+        return
+    table = args.reference_table or next(
+        (table_id for (_, table_id), entries in collect(Path(args.results_dir))[0].items()
+         if entries[0][1].table.preset == "cpu" and entries[0][1].table.protocol == plan.config.protocol), None)
+    if table is None:
+        print("uebench: no cost estimate: no `cpu` table to scale from under the results folder "
+              "(pass --reference-table)", file=sys.stderr)
+        return
+    cost = estimate(plan, reference_records(Path(args.results_dir), table), load_throughputs(reference_file),
+                    load_throughputs(here))
+    print(f"uebench: predicted {cost.total_h:.1f} device-hours on {load_throughputs(here).device} "
+          f"(poison sets {cost.poison_s / 3600:.1f} h, cells {cost.cells_s / 3600:.1f} h), scaled from {cost.reference}; "
+          f"each method at its reference settings", file=sys.stderr)
+    if cost.unknown or shared:
+        missing = cost.unknown + [f"shared model {d}" for d in sorted(shared)]
+        print(f"uebench: not in the estimate (no reference timing): {', '.join(missing)}", file=sys.stderr)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -350,6 +393,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["plan"]:              # `uebench plan ...` is `uebench run --dry-run ...`
+        argv = ["run", "--dry-run", *argv[1:]]
     try:
         args = build_parser().parse_args(argv)
         if args.command is None:

@@ -1,0 +1,108 @@
+"""What a grid will cost: predicted device time from measured throughputs and a reference table.
+
+Nothing here knows a method. A reference table that was run (the committed `cpu` table, by
+default) says, per attack, how long its poison set took and, per defense, how long a victim
+took (``timing`` in every record), on the machine whose throughputs ``reference`` holds. A cell
+of another table costs what its reference cell cost, scaled by the number of images, the
+epochs and the ratio of the two machines' throughputs for the models involved:
+
+    victim:  fit_s(defense) × (n × epochs) / (n_ref × epochs_ref) × train_ref / train_here
+    poison:  poison_s(attack) × n / n_ref × pgd_ref / pgd_here
+
+Throughputs are ``images_per_s`` by name (``train-<model>``, ``pgd-<model>``), as
+tests/benchmarks/test_bench_device.py measures them (``uebench run --dry-run --throughputs``
+takes its pytest-benchmark JSON, or a JSON of ``{"images_per_s": {...}}``). The estimate keeps
+each method at its reference settings: a preset that runs a method longer (the paper's EM
+rounds, TAP's 250 steps) costs more than predicted, and the output says which cells had no
+reference at all.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from uebench.leaderboard import collect
+from uebench.plan import CLEAN, Plan
+from uebench.records import Record
+from uebench.registry import UserError
+
+
+@dataclass
+class Throughputs:
+    device: str
+    images_per_s: dict[str, float]
+    threads: int | None = None
+
+    def rate(self, kind: str, model: str) -> float:
+        name = f"{kind}-{model}"
+        if name not in self.images_per_s:
+            raise UserError(f"the throughputs of {self.device} lack {name}; measure them with "
+                            f"python -m pytest -m benchmark --benchmark-enable tests/benchmarks/test_bench_device.py")
+        return self.images_per_s[name]
+
+
+def load_throughputs(path: Path) -> Throughputs:
+    """A pytest-benchmark JSON of test_bench_device.py, or ``{"device", "images_per_s", "threads"}``."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot read throughputs {path} ({err}); give the --benchmark-json of "
+                        f"tests/benchmarks/test_bench_device.py") from err
+    if "benchmarks" in data:
+        infos = [b["extra_info"] for b in data["benchmarks"] if "throughput" in b.get("extra_info", {})]
+        return Throughputs(infos[0]["device"] if infos else "?", {i["throughput"]: i["images_per_s"] for i in infos})
+    return Throughputs(data.get("device", "?"), dict(data["images_per_s"]), data.get("threads"))
+
+
+@dataclass
+class Estimate:
+    poison_s: float = 0.0
+    cells_s: float = 0.0
+    unknown: list[str] = field(default_factory=list)     # pieces without a reference measurement
+    reference: str = ""
+
+    @property
+    def total_h(self) -> float:
+        return (self.poison_s + self.cells_s) / 3600
+
+
+def reference_records(results_dir: Path, table_id: str) -> list[Record]:
+    for (_, found), entries in collect(Path(results_dir))[0].items():
+        if found == table_id:
+            return [r for _, r in entries if r.status == "ok"]
+    raise UserError(f"no reference table {table_id!r} under {results_dir}; pass --reference-table")
+
+
+def estimate(plan: Plan, reference: list[Record], reference_rates: Throughputs, rates: Throughputs) -> Estimate:
+    """Predicted seconds for the pending poison sets and cells of ``plan``."""
+    ref = reference[0].table
+    n_ref, epochs_ref, model_ref = ref.split["n_protected"], ref.train["epochs"], ref.model
+    n = len(plan.splits.protected)
+    fit = _medians(reference, lambda r: r.defense.folder, "fit_s")
+    poison = _medians([r for r in reference if r.attack.name != CLEAN], lambda r: r.attack.folder, "poison_s")
+    train_scale = (n * plan.config.train.epochs) / (n_ref * epochs_ref) * \
+        reference_rates.rate("train", model_ref) / rates.rate("train", plan.config.model)
+    pgd_scale = n / n_ref * reference_rates.rate("pgd", model_ref) / rates.rate("pgd", plan.config.model)
+    out = Estimate(reference=f"{ref.id} ({ref.preset}: {n_ref} images × {epochs_ref} epochs, {model_ref}, "
+                             f"on {reference_rates.device})")
+    for attack in {c.attack.folder for c in plan.pending if c.attack.name != CLEAN}:
+        if attack in poison:
+            out.poison_s += poison[attack] * pgd_scale
+        else:
+            out.unknown.append(f"poison set {attack}")
+    for cell in plan.pending:
+        if cell.defense.folder in fit:
+            out.cells_s += fit[cell.defense.folder] * train_scale
+        else:
+            out.unknown.append(f"cell {cell.attack.folder} × {cell.defense.folder}")
+    return out
+
+
+def _medians(records: list[Record], key, timing: str) -> dict[str, float]:
+    groups: dict[str, list[float]] = {}
+    for r in records:
+        if timing in r.timing:
+            groups.setdefault(key(r), []).append(r.timing[timing])
+    return {k: statistics.median(v) for k, v in groups.items()}
