@@ -46,7 +46,7 @@ class LE(DiffusionPurification):
     500 (``F.mse_loss`` with mean reduction, ``bsize: 500``), so each image is pulled with
     1/500 of the gradient of its own distance. We compute the distance per image and
     divide by ``guidance_batch`` = 500, which gives every image exactly the official pull
-    (``tests/test_diffusion_le.py`` checks it against the batch-mean gradient at batch 500)
+    (``tests/defenses/test_le.py`` checks it against the batch-mean gradient at batch 500)
     whatever batch size we run, instead of a pull that shrinks with the batch.
     ``guidance_batch = 1`` is the per-image strength of the official formula read without
     the batch mean (500 times stronger; uebench's default before 2026-12): measured on the

@@ -23,9 +23,64 @@ def tiny_images(n: int = 64, channels: int = 3, size: int = 16, classes: int = 4
     return x.clamp(0, 1), y
 
 
+def grey_images(n=48, channels=3, size=16, classes=4, seed=0):
+    """Mid-grey textured images: no perturbation used here reaches 0 or 1, so nothing clips."""
+    g = torch.Generator().manual_seed(seed)
+    return 0.4 + 0.2 * torch.rand(n, channels, size, size, generator=g), torch.arange(n) % classes
+
+
+def make_ctx(seed=0, classes=4, shape=(3, 16, 16)):
+    """A CPU context without a cache, for the model-free attacks."""
+    from uebench.context import Context
+    return Context(device=torch.device("cpu"), seed=seed, num_classes=classes, image_shape=shape,
+                   progress=False, cache_dir=None)
+
+
 @pytest.fixture
 def tiny():
     return tiny_images()
+
+
+@pytest.fixture(scope="module")
+def trained_model():
+    """A small CNN trained briefly on the tiny images: gradients that mean something."""
+    from uebench.models import create_model
+    from uebench.train import TrainConfig, train_supervised
+    x, y = tiny_images()
+    torch.manual_seed(0)
+    model = create_model("smallcnn", 3, 4)
+    return train_supervised(model, x, y, TrainConfig(epochs=3, batch_size=32), torch.device("cpu"), 0).eval()
+
+
+# -- diffusion (the toolkit's DDPM and the defenses that purify with it) ------------------
+
+FAST_DIFFUSION = dict(diffusion="tiny", diffusion_steps=3, batch_size=32)   # a barely trained model: mechanics only
+
+
+@pytest.fixture
+def reference():
+    """A clean reference split for the diffusion defenses."""
+    return tiny_images(48, seed=1)
+
+
+def random_model(channels=3, size=16, seed=0):
+    """A tiny untrained ε-network with the DDPM schedule (enough for the schedule algebra)."""
+    from uebench.toolkit.diffusion import CONFIGS, DiffusionModel, make_unet
+    torch.manual_seed(seed)
+    config = CONFIGS["tiny"]
+    return DiffusionModel(make_unet(config, channels, size), config, (size, size))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_diffusion_models():
+    """Every test starts without diffusion models kept in memory by an earlier one."""
+    import sys
+    diffusion = sys.modules.get("uebench.toolkit.diffusion")
+    if diffusion is not None:
+        diffusion._LOADED.clear()
+    yield
+    if diffusion is not None:
+        diffusion._LOADED.clear()
 
 
 @pytest.fixture

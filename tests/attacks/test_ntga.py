@@ -1,153 +1,18 @@
-"""TAP, NTGA and the shared surrogate: budgets, determinism, effect direction, and the
-neural tangent kernels against independent computations."""
+"""NTGA, the neural tangent generalization attack (attacks/ntga.py)."""
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call, jacrev, vmap
+from torch.func import jacrev, vmap
 
-import uebench.toolkit.surrogate as surrogate_module
 from conftest import tiny_images
-from uebench.attacks.ntga import NTGA, CNNKernel, FNNKernel, fnn_ntk, ntk_regression_weights
-from uebench.attacks.tap import TAP
+from uebench.attacks.ntga import NTGA, CNNKernel, fnn_ntk, ntk_regression_weights
 from uebench.toolkit.perturb import project_linf
-from uebench.toolkit.surrogate import trained_surrogate
 
 EPS = 8 / 255
-ATTACKS = {
-    "tap": lambda: TAP.for_preset("smoke"),
-    "tap-untargeted": lambda: TAP.for_preset("smoke", targeted=False),
-    "ntga-fnn": lambda: NTGA.for_preset("smoke"),
-    "ntga-cnn": lambda: NTGA.for_preset("smoke", surrogate="cnn"),
-    "ntga-fgsm": lambda: NTGA.for_preset("smoke", official_fgsm=True),
-}
-
-
-def target_hit_rate(model, images, targets):
-    with torch.no_grad():
-        return (model(images).argmax(1) == targets).float().mean().item()
-
-
-# -- budget, range, shapes, determinism ----------------------------------------------------
-
-@pytest.mark.parametrize("name", ATTACKS)
-@pytest.mark.parametrize("channels, size, classes", [(3, 16, 4), (1, 8, 3)])
-def test_budget_and_range_are_respected(name, channels, size, classes, ctx):
-    x, y = tiny_images(n=48, channels=channels, size=size, classes=classes)
-    ctx = replace(ctx, num_classes=classes, image_shape=(channels, size, size))
-    out = ATTACKS[name]()(x, y, ctx)
-    assert out.shape == x.shape and out.dtype == torch.float32
-    assert (out - x).abs().max() <= EPS + 1e-6
-    assert out.min() >= 0 and out.max() <= 1
-    assert (out - x).abs().max() > EPS / 2           # it did perturb
-
-
-@pytest.mark.parametrize("name", ["tap", "ntga-fnn", "ntga-cnn"])
-def test_same_seed_same_poison_other_seed_other_poison(name, tiny, ctx, tmp_path):
-    x, y = tiny
-    first = ATTACKS[name]()(x, y, ctx)
-    again = ATTACKS[name]()(x, y, replace(ctx, cache_dir=tmp_path / "other-cache", notes={}))
-    other = ATTACKS[name]()(x, y, replace(ctx, seed=1, notes={}))
-    assert torch.equal(first, again)
-    assert not torch.equal(first, other)
-
-
-# -- the shared surrogate -------------------------------------------------------------------
-
-def test_surrogate_is_cached_and_reused(tiny, ctx, monkeypatch):
-    x, y = tiny
-    model = trained_surrogate(x, y, ctx, epochs=2)
-    assert 0 <= ctx.notes["surrogate"]["clean_train_acc"] <= 1
-
-    def no_training(*args, **kwargs):
-        raise AssertionError("the cached surrogate should have been reused")
-
-    monkeypatch.setattr(surrogate_module, "train_supervised", no_training)
-    again = trained_surrogate(x, y, ctx, epochs=2)
-    for (name, a), b in zip(model.state_dict().items(), again.state_dict().values()):
-        assert torch.equal(a, b), name
-    assert not any(p.requires_grad for p in again.parameters()) and not again.training
-    with pytest.raises(AssertionError, match="reused"):        # other epochs: another entry
-        trained_surrogate(x, y, ctx, epochs=3)
-    with pytest.raises(AssertionError, match="reused"):        # other images: another entry
-        trained_surrogate(x.flip(0), y.flip(0), ctx, epochs=2)
-
-
-# -- TAP moves the surrogate where it aims ------------------------------------------------------
-
-@pytest.fixture
-def tap_data(ctx):
-    """128 tiny images and a trainer setting on which the surrogate reaches 100 % accuracy."""
-    x, y = tiny_images(n=128)
-    return x, y, replace(ctx, train=replace(ctx.train, batch_size=16))
-
-
-def tap_against_surrogate(x, y, ctx, **params):
-    attack = TAP(steps=10, restarts=1, surrogate_epochs=5, batch_size=128, **params)
-    out = attack(x, y, ctx)
-    return out, trained_surrogate(x, y, ctx, epochs=5)      # the same network, from the cache
-
-
-def test_tap_moves_surrogate_predictions_to_the_next_class(tap_data):
-    x, y, ctx = tap_data
-    targets = (y + 1) % ctx.num_classes
-    out, surrogate = tap_against_surrogate(x, y, ctx, step_size=2 / 255)
-    with torch.no_grad():   # at ε = 8/255 the confident surrogate moves towards the target class
-        clean_loss = F.cross_entropy(surrogate(x), targets).item()
-        poisoned_loss = F.cross_entropy(surrogate(out), targets).item()
-    assert poisoned_loss < clean_loss - 0.5, (clean_loss, poisoned_loss)
-    # with a larger budget it crosses over: the target class becomes the prediction
-    out, surrogate = tap_against_surrogate(x, y, ctx, eps=32 / 255, step_size=6 / 255)
-    clean, poisoned = target_hit_rate(surrogate, x, targets), target_hit_rate(surrogate, out, targets)
-    assert poisoned >= clean + 0.3, (clean, poisoned)
-    assert ctx.notes["tap_surrogate_hit_poisoned"] == pytest.approx(poisoned, abs=1e-3)
-
-
-def test_untargeted_tap_raises_surrogate_error(tap_data):
-    x, y, ctx = tap_data
-    out, surrogate = tap_against_surrogate(x, y, ctx, step_size=2 / 255, targeted=False)
-    with torch.no_grad():
-        clean_err = (surrogate(x).argmax(1) != y).float().mean().item()
-        poisoned_err = (surrogate(out).argmax(1) != y).float().mean().item()
-    assert poisoned_err >= clean_err + 0.2, (clean_err, poisoned_err)
-
-
-def test_more_restarts_never_raise_the_per_image_loss(tiny, ctx):
-    """Restarts keep each image's lowest-loss δ, so the first restart's result is a candidate."""
-    x, y = tiny
-    losses = []
-    for restarts in (1, 3):
-        out = TAP(steps=3, restarts=restarts, step_size=1 / 255, surrogate_epochs=2, batch_size=64)(x, y, ctx)
-        surrogate = trained_surrogate(x, y, ctx, epochs=2)
-        with torch.no_grad():
-            losses.append(F.cross_entropy(surrogate(out), (y + 1) % 4, reduction="none"))
-    assert (losses[1] <= losses[0] + 1e-5).all()
-    assert ctx.notes["tap_restarts"] == 3
-
-
-# -- the FNN kernel ----------------------------------------------------------------------------------
-
-def test_fnn_ntk_is_symmetric_psd_and_consistent_between_sets():
-    x = torch.rand(20, 3, 4, 4, generator=torch.Generator().manual_seed(0))
-    k = fnn_ntk(x, x)
-    assert k.dtype == torch.float64
-    assert torch.allclose(k, k.T, atol=1e-12)
-    assert torch.linalg.eigvalsh(k).min() > -1e-10 * k.diagonal().max()
-    assert torch.allclose(fnn_ntk(x[:5], x[5:]), k[:5, 5:], atol=1e-12)
-
-
-def test_fnn_ntk_one_layer_by_hand():
-    x = torch.tensor([[0.2, 0.4, 0.6, 0.8], [1.0, 0.0, 0.5, 0.5]], dtype=torch.float64)
-    # Dense: Σ = 1.76·x·x'/4 + 0.18 and Θ = Σ; Erf: Θ·(4/π)/√((1+2Σxx)(1+2Σyy) − 4Σxy²).
-    s11, s22, s12 = 1.76 * 1.2 / 4 + 0.18, 1.76 * 1.5 / 4 + 0.18, 1.76 * 0.9 / 4 + 0.18
-    expected = [[s11 * 4 / math.pi / math.sqrt(1 + 4 * s11), s12 * 4 / math.pi / math.sqrt((1 + 2 * s11) * (1 + 2 * s22) - 4 * s12 ** 2)],
-                [0.0, s22 * 4 / math.pi / math.sqrt(1 + 4 * s22)]]
-    expected[1][0] = expected[0][1]
-    assert torch.allclose(fnn_ntk(x, x, depth=1), torch.tensor(expected, dtype=torch.float64), rtol=1e-12)
 
 
 def empirical_fnn_ntk(x, depth, width, seed):
@@ -170,6 +35,30 @@ def empirical_fnn_ntk(x, depth, width, seed):
     return jac @ jac.T
 
 
+def block_and_validation():
+    x, y = tiny_images(n=96)
+    return x[:48], y[:48], x[48:], y[48:]
+
+
+def test_fnn_ntk_is_symmetric_psd_and_consistent_between_sets():
+    x = torch.rand(20, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    k = fnn_ntk(x, x)
+    assert k.dtype == torch.float64
+    assert torch.allclose(k, k.T, atol=1e-12)
+    assert torch.linalg.eigvalsh(k).min() > -1e-10 * k.diagonal().max()
+    assert torch.allclose(fnn_ntk(x[:5], x[5:]), k[:5, 5:], atol=1e-12)
+
+
+def test_fnn_ntk_one_layer_by_hand():
+    x = torch.tensor([[0.2, 0.4, 0.6, 0.8], [1.0, 0.0, 0.5, 0.5]], dtype=torch.float64)
+    # Dense: Σ = 1.76·x·x'/4 + 0.18 and Θ = Σ; Erf: Θ·(4/π)/√((1+2Σxx)(1+2Σyy) − 4Σxy²).
+    s11, s22, s12 = 1.76 * 1.2 / 4 + 0.18, 1.76 * 1.5 / 4 + 0.18, 1.76 * 0.9 / 4 + 0.18
+    expected = [[s11 * 4 / math.pi / math.sqrt(1 + 4 * s11), s12 * 4 / math.pi / math.sqrt((1 + 2 * s11) * (1 + 2 * s22) - 4 * s12 ** 2)],
+                [0.0, s22 * 4 / math.pi / math.sqrt(1 + 4 * s22)]]
+    expected[1][0] = expected[0][1]
+    assert torch.allclose(fnn_ntk(x, x, depth=1), torch.tensor(expected, dtype=torch.float64), rtol=1e-12)
+
+
 @pytest.mark.parametrize("depth, width, tolerance", [(1, 4096, 0.03), (3, 1024, 0.08)])
 def test_fnn_ntk_matches_wide_finite_network(depth, width, tolerance):
     x = torch.rand(5, 12, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
@@ -177,8 +66,6 @@ def test_fnn_ntk_matches_wide_finite_network(depth, width, tolerance):
     estimate = sum(empirical_fnn_ntk(x, depth, width, seed) for seed in range(2)) / 2
     assert (estimate - exact).norm() / exact.norm() < tolerance
 
-
-# -- the CNN kernel --------------------------------------------------------------------------------------
 
 def test_cnn_kernel_equals_brute_force_jacobian_contraction():
     kernel = CNNKernel((2, 8, 8), num_classes=3, channels=3, dense=(5, 4), generator=torch.Generator().manual_seed(0))
@@ -216,8 +103,6 @@ def test_cnn_kernel_is_differentiable_in_the_images():
     assert torch.autograd.gradcheck(lambda v: kernel.between(kernel.features(v), fb).sum(), (a,))
 
 
-# -- the NTK predictor ------------------------------------------------------------------------------------
-
 def test_regression_weights_match_matrix_exponential_and_its_gradient():
     g = torch.Generator().manual_seed(0)
     x = torch.rand(12, 6, generator=g, dtype=torch.float64, requires_grad=True)
@@ -244,13 +129,6 @@ def test_long_training_interpolates_the_labels():
     k = fnn_ntk(x, x)
     fitted = k @ ntk_regression_weights(k, F.one_hot(y, 2), t=1e9, diag_reg=0.0)
     assert torch.allclose(fitted, F.one_hot(y, 2).double(), atol=1e-4)
-
-
-# -- NTGA ----------------------------------------------------------------------------------------------------
-
-def block_and_validation():
-    x, y = tiny_images(n=96)
-    return x[:48], y[:48], x[48:], y[48:]
 
 
 @pytest.mark.parametrize("surrogate", ["fnn", "cnn"])

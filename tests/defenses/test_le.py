@@ -1,4 +1,4 @@
-"""The DDPM of clean data (uebench.toolkit.diffusion), the perceptual distances, LE and AVATAR."""
+"""LE and AVATAR, diffusion purification (defenses/le.py, defenses/avatar.py)."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -7,153 +7,26 @@ import pytest
 import torch
 
 import uebench.toolkit.diffusion as diffusion
-from conftest import tiny_images
+from conftest import FAST_DIFFUSION, random_model, tiny_images
 from uebench.defenses.avatar import AVATAR
 from uebench.defenses.le import LE
-from uebench.storage import tensor_fingerprint as fingerprint
-from uebench.toolkit.diffusion import (CONFIGS, DiffusionModel, get_config, make_scheduler, make_unet,
-                               train_diffusion)
-from uebench.toolkit.perceptual import FeatureDistance, lpips_unavailable, perceptual_distance
 from uebench.registry import DEFENSES
-
-FAST = dict(diffusion="tiny", diffusion_steps=3, batch_size=32)   # a barely trained model: mechanics only
-
-
-@pytest.fixture(autouse=True)
-def fresh_models():
-    """Every test starts without models kept in memory by an earlier one."""
-    diffusion._LOADED.clear()
-    yield
-    diffusion._LOADED.clear()
-
-
-@pytest.fixture
-def reference():
-    return tiny_images(48, seed=1)
-
-
-def random_model(channels=3, size=16, seed=0) -> DiffusionModel:
-    """A tiny untrained ε-network with the DDPM schedule (enough for the schedule algebra)."""
-    torch.manual_seed(seed)
-    config = CONFIGS["tiny"]
-    return DiffusionModel(make_unet(config, channels, size), config, (size, size))
-
-
-# -- the diffusion model --------------------------------------------------------------------
-
-def test_forward_noising_matches_closed_form():
-    model = random_model()
-    betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
-    alphas_cumprod = torch.cumprod(1 - betas, 0)
-    x0 = torch.rand(4, 3, 16, 16) * 2 - 1
-    noise = torch.randn(4, 3, 16, 16)
-    for t in (0, 1, 20, 100, 999):
-        a = alphas_cumprod[t].float()
-        expected = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        assert torch.allclose(model.q_sample(x0, t, noise), expected, atol=1e-5), t
-
-
-def test_config_sizes():
-    count = lambda cfg: sum(p.numel() for p in make_unet(cfg, 3, 32).parameters())
-    assert 35e6 < count(CONFIGS["ddpm-cifar"]) < 37e6   # DDPM's CIFAR-10 network: 35.7M
-    assert count(CONFIGS["tiny"]) <= 1e6
-
-
-@pytest.mark.parametrize("stride", [1, 5, 3])
-def test_strided_reverse_matches_diffusers_scheduler(stride):
-    """Our reverse chain against diffusers' DDPMScheduler.step over the same timesteps and
-    noise: stride 1 is the full DDPM chain, larger strides use the ᾱ ratios (respacing)."""
-    model = random_model()
-    timesteps = model.timesteps(20, stride)
-    assert timesteps[0] == 20 and timesteps[-1] == 0
-    assert timesteps == (list(range(20, -1, -1)) if stride == 1 else timesteps)
-    x = torch.randn(3, 3, 16, 16)
-    ours = model.reverse(x, timesteps, torch.Generator().manual_seed(5))
-    scheduler = make_scheduler()
-    scheduler.set_timesteps(timesteps=timesteps)
-    gen, theirs = torch.Generator().manual_seed(5), x
-    with torch.no_grad():
-        for t in timesteps:
-            eps = model.unet(theirs, torch.full((3,), t)).sample
-            theirs = scheduler.step(eps, t, theirs, generator=gen).prev_sample
-    assert torch.allclose(ours, theirs, atol=1e-4)
-
-
-def test_strided_schedule_is_shorter_and_differs():
-    model = random_model()
-    assert model.timesteps(20, 5) == [20, 15, 10, 5, 0]
-    assert model.timesteps(20, 3) == [20, 17, 14, 11, 8, 5, 2, 0]
-    x = torch.randn(2, 3, 16, 16)
-    full = model.reverse(x, model.timesteps(20, 1), torch.Generator().manual_seed(0))
-    strided = model.reverse(x, model.timesteps(20, 5), torch.Generator().manual_seed(0))
-    assert not torch.allclose(full, strided)
-    with pytest.raises(ValueError, match="trained on t <="):
-        model.timesteps(500, 1)   # the tiny model only learned t <= 100
-
-
-def test_resume_from_checkpoint_continues_at_the_saved_step(tmp_path):
-    images = tiny_images(32)[0]
-    config = replace(get_config("tiny"), train_steps=5, batch_size=8, checkpoint_every=1)
-    done = []
-
-    def crash_after_two(step):
-        done.append(step)
-        if step == 2:
-            raise KeyboardInterrupt("simulated crash")
-
-    with pytest.raises(KeyboardInterrupt):
-        train_diffusion(images, config, torch.device("cpu"), 0, checkpoint=tmp_path / "ckpt.pt",
-                        on_step=crash_after_two)
-    assert done == [1, 2]
-    assert torch.load(tmp_path / "ckpt.pt", weights_only=False)["step"] == 2
-    resumed_steps = []
-    resumed, facts = train_diffusion(images, config, torch.device("cpu"), 0, checkpoint=tmp_path / "ckpt.pt",
-                                     on_step=resumed_steps.append)
-    assert resumed_steps == [3, 4, 5]
-    assert facts["steps"] == 5 and facts["steps_this_run"] == 3
-    # the resumed run ends where an uninterrupted one does (data order, noise and EMA restored)
-    straight, _ = train_diffusion(images, config, torch.device("cpu"), 0)
-    for a, b in zip(resumed.state_dict().values(), straight.state_dict().values()):
-        assert torch.allclose(a, b, atol=1e-6)
-
-
-def test_a_checkpoint_of_another_run_is_refused(tmp_path):
-    images = tiny_images(16)[0]
-    config = replace(get_config("tiny"), train_steps=1, batch_size=4, checkpoint_every=1)
-    train_diffusion(images, config, torch.device("cpu"), 0, checkpoint=tmp_path / "ckpt.pt")
-    with pytest.raises(RuntimeError, match="another run"):
-        train_diffusion(tiny_images(16, seed=3)[0], config, torch.device("cpu"), 0, checkpoint=tmp_path / "ckpt.pt")
-
-
-def test_diffusion_model_sees_only_the_reference_split(tiny, reference, ctx, monkeypatch):
-    seen = []
-    real = diffusion.train_diffusion
-    monkeypatch.setattr(diffusion, "train_diffusion", lambda images, *a, **kw: seen.append(images) or real(
-        images, *a, **kw))
-    x, y = tiny
-    le = LE(**FAST, stride=10)
-    le.prepare(reference, ctx)
-    le.purify(x, y, reference, ctx)
-    assert len(seen) == 1 and torch.equal(seen[0], reference[0])
-    trained_on = ctx.notes["diffusion"]["train_fingerprint"]
-    assert trained_on == fingerprint(reference[0]) != fingerprint(x)
+from uebench.toolkit.perceptual import perceptual_distance
 
 
 def test_le_and_avatar_share_one_cached_model(tiny, reference, ctx, monkeypatch):
     calls = []
     real = diffusion.train_diffusion
     monkeypatch.setattr(diffusion, "train_diffusion", lambda *a, **kw: calls.append(1) or real(*a, **kw))
-    LE(**FAST).prepare(reference, ctx)
+    LE(**FAST_DIFFUSION).prepare(reference, ctx)
     diffusion._LOADED.clear()                       # a new process: only the disk cache is left
-    AVATAR(**FAST).prepare(reference, ctx)
+    AVATAR(**FAST_DIFFUSION).prepare(reference, ctx)
     assert len(calls) == 1
     assert ctx.notes["diffusion"]["source"] == "disk cache"
     other_seed = replace(ctx, seed=1, notes={})     # the seed is part of the key
-    AVATAR(**FAST).prepare(reference, other_seed)
+    AVATAR(**FAST_DIFFUSION).prepare(reference, other_seed)
     assert len(calls) == 2
 
-
-# -- purification -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("shape", [(3, 16, 16), (1, 8, 8), (3, 30, 30)])
 @pytest.mark.parametrize("defense", [LE, AVATAR])
@@ -162,7 +35,7 @@ def test_purify_keeps_shape_and_range(defense, shape, ctx):
     x, y = tiny_images(24, channels=c, size=h)
     reference = tiny_images(24, channels=c, size=h, seed=1)
     ctx = replace(ctx, image_shape=shape)
-    out = defense(**FAST, stride=10 if defense is LE else 50).purify(x, y, reference, ctx)
+    out = defense(**FAST_DIFFUSION, stride=10 if defense is LE else 50).purify(x, y, reference, ctx)
     assert out.shape == x.shape and out.dtype == torch.float32
     assert out.min() >= 0 and out.max() <= 1
     assert (out - x).abs().mean() > 1e-3               # it changed the images
@@ -176,7 +49,7 @@ def test_guidance_pulls_the_sample_towards_the_unlearnable_example(tiny, referen
     leaves it closer in the perceptual distance. (The per-image strength, guidance_batch=1,
     so that a barely trained model shows the mechanics clearly.)"""
     x, y = tiny[0][:16], tiny[1][:16]
-    purified = lambda **kw: LE(**FAST, stride=1, passes=1, guidance_batch=1, **kw).purify(
+    purified = lambda **kw: LE(**FAST_DIFFUSION, stride=1, passes=1, guidance_batch=1, **kw).purify(
         x, y, reference, replace(ctx, notes={}))
     unguided = purified(guidance_scale=0.0)
     mse = lambda out: (out - x).pow(2).mean().item()
@@ -192,11 +65,11 @@ def test_guidance_pulls_the_sample_towards_the_unlearnable_example(tiny, referen
 
 def test_distance_switch_happens_at_the_right_step(tiny, reference, ctx):
     x, y = tiny[0][:8], tiny[1][:8]
-    LE(**FAST, stride=1, passes=1).purify(x, y, reference, ctx)
+    LE(**FAST_DIFFUSION, stride=1, passes=1).purify(x, y, reference, ctx)
     used = ctx.notes["schedule"]["guidance"]
     assert used == [[t, "mse"] for t in range(20, 10, -1)] + [[t, "perceptual"] for t in range(10, -1, -1)]
     ctx2 = replace(ctx, notes={})
-    LE(**FAST, stride=5, passes=1, switch_step=4).purify(x, y, reference, ctx2)
+    LE(**FAST_DIFFUSION, stride=5, passes=1, switch_step=4).purify(x, y, reference, ctx2)
     assert ctx2.notes["schedule"]["guidance"] == [[20, "mse"], [15, "mse"], [10, "mse"], [5, "mse"],
                                                   [0, "perceptual"]]
 
@@ -213,7 +86,7 @@ def test_guidance_pulls_each_pixel_as_hard_at_any_image_size():
     pulls = []
     for channels, size in ((1, 8), (3, 32)):
         x_ue = torch.full((2, channels, size, size), 0.5)
-        guide = LE(**FAST).guide_towards(random_model(channels, size), x_ue, Guidance(None, torch.Generator()))
+        guide = LE(**FAST_DIFFUSION).guide_towards(random_model(channels, size), x_ue, Guidance(None, torch.Generator()))
         pulls.append(guide(torch.zeros_like(x_ue), 15).mean().item())
     assert pulls[1] > 0
     assert pulls[0] == pytest.approx(pulls[1], rel=0.05)
@@ -228,7 +101,7 @@ def test_guidance_of_each_image_equals_the_official_batch_mean_at_batch_500(batc
     import torch.nn.functional as F
 
     from uebench.defenses.le import Guidance
-    model, le, t = random_model(3, 32), LE(**FAST), 15                    # t > 10: the MSE steps
+    model, le, t = random_model(3, 32), LE(**FAST_DIFFUSION), 15                    # t > 10: the MSE steps
     g = torch.Generator().manual_seed(0)
     x_ue, x_t = (torch.rand(batch, 3, 32, 32, generator=g) * 2 - 1 for _ in range(2))
     ours = le.guide_towards(model, x_ue, Guidance(None, torch.Generator().manual_seed(1)))(x_t, t)
@@ -242,7 +115,7 @@ def test_guidance_of_each_image_equals_the_official_batch_mean_at_batch_500(batc
     a = model.alphas_cumprod[t].item()
     official = math.sqrt(1 - a) / (le.m * math.sqrt(a)) * official
     torch.testing.assert_close(ours, official, rtol=1e-5, atol=1e-9)
-    strong = LE(**FAST, guidance_batch=1).guide_towards(model, x_ue, Guidance(None, torch.Generator().manual_seed(1)))
+    strong = LE(**FAST_DIFFUSION, guidance_batch=1).guide_towards(model, x_ue, Guidance(None, torch.Generator().manual_seed(1)))
     torch.testing.assert_close(strong(x_t, t), 500 * official, rtol=1e-5, atol=1e-7)
 
 
@@ -259,30 +132,9 @@ def test_per_image_guidance_does_not_depend_on_the_batch(reference, ctx):
         assert torch.allclose(grads[0], grads[1], atol=1e-6)
 
 
-def test_feature_distance_is_a_distance(reference, ctx):
-    distance = perceptual_distance("reference", reference, ctx)
-    assert isinstance(distance, FeatureDistance)
-    a = torch.rand(6, 3, 16, 16) * 2 - 1
-    b = (a + 0.3 * torch.randn_like(a)).clamp(-1, 1)
-    assert torch.allclose(distance(a, a), torch.zeros(6), atol=1e-6)
-    assert (distance(a, b) > 0).all()
-    assert torch.allclose(distance(a, b), distance(b, a), atol=1e-5)
-    assert ctx.notes["perceptual"].startswith("reference-smallcnn")
-
-
-def test_perceptual_falls_back_with_a_note(reference, ctx):
-    reason = lpips_unavailable(16)                 # the tiny images: 16 px
-    assert "too small for AlexNet" in reason
-    with pytest.raises(RuntimeError, match="perceptual='lpips' asked for"):
-        perceptual_distance("lpips", reference, ctx)
-    with pytest.warns(UserWarning, match="LPIPS-AlexNet not used"):
-        perceptual_distance("auto", reference, ctx)
-    assert reason in ctx.notes["perceptual"]
-
-
 def test_fit_trains_on_purified_images_and_previews_them(tiny, reference, ctx):
     x, y = tiny
-    model = LE(**FAST, stride=10, passes=1).fit(x, y, reference, ctx)
+    model = LE(**FAST_DIFFUSION, stride=10, passes=1).fit(x, y, reference, ctx)
     assert model(x[:2]).shape == (2, 4)
     preview = ctx.previews["purified"]         # the runner draws it under the clean and unlearnable rows
     assert preview.shape == (8, *x.shape[1:]) and not torch.equal(preview, x[:8])
@@ -290,7 +142,7 @@ def test_fit_trains_on_purified_images_and_previews_them(tiny, reference, ctx):
 
 def test_purification_is_deterministic(tiny, reference, ctx):
     x, y = tiny[0][:16], tiny[1][:16]
-    le = LE(**FAST, stride=10, passes=2)
+    le = LE(**FAST_DIFFUSION, stride=10, passes=2)
     first = le.purify(x, y, reference, ctx)
     second = le.purify(x, y, reference, replace(ctx, notes={}))
     assert torch.equal(first, second)

@@ -11,7 +11,7 @@ import torch.nn as nn
 from conftest import tiny_images
 from uebench.api import Defense
 from uebench.toolkit.contrastive import (ContrastiveConfig, contrastive_config, contrastive_loss, fit_linear_probe,
-                                 learning_rate, make_simclr, pretrain_simclr, simclr_augmentation, simclr_loss)
+                                         learning_rate, make_simclr, pretrain_simclr, simclr_augmentation, simclr_loss)
 
 SMALL = dict(epochs=2, batch_size=32, probe_epochs=3)
 
