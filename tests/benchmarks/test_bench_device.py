@@ -31,7 +31,7 @@ pytestmark = pytest.mark.benchmark
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 ON_GPU = DEVICE.type == "cuda"
-N = {"smallcnn": 8192 if ON_GPU else 256, "resnet18": 8192 if ON_GPU else 32}   # CPU: a check of the code
+N = {"smallcnn": 8192 if ON_GPU else 512, "resnet18": 8192 if ON_GPU else 64}   # CPU: small, a rough figure
 ROUNDS = {"rounds": 3, "warmup_rounds": 1} if ON_GPU else {"rounds": 1, "warmup_rounds": 0}
 
 
