@@ -249,8 +249,9 @@ def print_cost(plan, args: argparse.Namespace) -> None:
     from uebench.api import Defense
     from uebench.cost import estimate, load_throughputs, reference_records
     from uebench.leaderboard import collect
+    from uebench.plan import CLEAN
     from uebench.runner import resolve_device
-    poisons = {c.attack.folder for c in plan.pending if c.attack.name != "clean"}
+    poisons = {c.attack.folder for c in plan.pending if c.attack.name != CLEAN}
     shared = {c.defense.folder for c in plan.pending if type(c.defense.instance).prepare is not Defense.prepare}
     print(f"uebench: to build: {len(poisons)} poison set(s), {len(shared)} shared model(s) "
           f"({', '.join(sorted(shared)) or 'none'}), {len(plan.pending)} cell(s)", file=sys.stderr)

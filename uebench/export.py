@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from uebench.leaderboard import collect, gather, protocol_text, title_of
+from uebench.plan import CLEAN, NONE
 from uebench.registry import UserError
 
 COLUMNS = ["dataset", "table", "protocol", "model", "preset", "attack", "budget", "defense", "mean", "std", "seeds"]
@@ -66,7 +67,7 @@ def latex_table(cells: pd.DataFrame, title: str, protocol: str) -> str:
         return f"{row['mean']:.1f}" + ("" if np.isnan(row["std"]) else f" $\\pm$ {row['std']:.1f}")
 
     attacks = list(dict.fromkeys(cells.attack))                 # the leaderboard's order: clean first
-    defenses = sorted(set(cells.defense), key=lambda d: (d != "none", d))
+    defenses = sorted(set(cells.defense), key=lambda d: (d != NONE, d))
     grid = {(row["attack"], row["defense"]): text(row) for row in cells.to_dict("records")}
     def escape(value) -> str:
         return "".join("\\" + c if c in "_%&#${}" else c for c in str(value))
@@ -78,7 +79,7 @@ def latex_table(cells: pd.DataFrame, title: str, protocol: str) -> str:
              "attack & " + " & ".join(escape(d) for d in defenses) + r" \\", r"\midrule"]
     for attack in attacks:
         lines.append(escape(attack) + " & " + " & ".join(grid.get((attack, d), "--") for d in defenses) + r" \\")
-        if attack == "clean":
+        if attack == CLEAN:
             lines.append(r"\midrule")
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
     return "\n".join(lines)

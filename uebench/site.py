@@ -17,6 +17,7 @@ from pathlib import Path
 
 from uebench.leaderboard import accuracy_frame, collect, gather, heatmap_name, protocol_text, title_of
 from uebench.heatmap import draw
+from uebench.plan import CLEAN
 from uebench.storage import write_atomic
 
 STYLE = """
@@ -115,7 +116,7 @@ def section(view, entries, page_dir: Path) -> str:
     rows = []
     for attack in view.rows:
         finished = [v for v in frame.loc[attack] if not math.isnan(v)]
-        best = max(finished) if attack != "clean" and len(finished) > 1 else None
+        best = max(finished) if attack != CLEAN and len(finished) > 1 else None
         cells = []
         for defense in view.cols:
             value = frame.loc[attack, defense]
@@ -129,7 +130,7 @@ def section(view, entries, page_dir: Path) -> str:
                       if figure and (page_dir / figure).exists() else "")
             cells.append(f'<td data-value="{value:.2f}"{mark}><a href="{html.escape(link)}" title="the record">'
                          f'{value:.1f}</a>{images}</td>')
-        kind = ' class="clean"' if attack == "clean" else ""
+        kind = ' class="clean"' if attack == CLEAN else ""
         rows.append(f'<tr{kind} data-name="{html.escape(attack)}"><td class="name">{html.escape(attack)}</td>'
                     f'<td class="name">{html.escape(view.threat.get(attack, ""))}</td>{"".join(cells)}</tr>')
     return f"""
