@@ -25,7 +25,7 @@ import torch.nn.functional as F
 if TYPE_CHECKING:  # imported for type hints only, to keep plugin import light
     from uebench.context import Context
 
-NORMS = ("linf", "l2", "l0", "none")
+NORMS = ("linf", "l2", "l0", "conv", "none")
 PROTOCOLS = ("supervised", "contrastive")
 
 
@@ -36,6 +36,10 @@ class ThreatModel:
     ``linf``: max |δ| per pixel, on the [0, 1] scale (8/255 is the field's default).
     ``l2``: the L2 norm of δ per image, on the [0, 1] scale.
     ``l0``: the number of pixel positions (H×W locations) an image may change.
+    ``conv``: not a norm ball: each image may only be blurred by a 3×3 filter (the same for
+    every channel) with non-negative taps, every tap but the largest at most ``eps`` times
+    the largest, then rescaled by a constant and rounded to uint8 (convolution-based
+    unlearnable data); the guard fits that filter to each image and checks it.
     ``none``: no budget (only the valid pixel range is checked).
     """
 
@@ -55,6 +59,8 @@ class ThreatModel:
             return f"L2 {self.eps:.3g}"
         if self.norm == "l0":
             return f"L0 {int(self.eps)} px"
+        if self.norm == "conv":
+            return f"3×3 blur ≤ {self.eps:g}"
         return "unbounded"
 
 

@@ -8,9 +8,11 @@ names the norm, the worst measured value, the budget and the image that broke it
 from __future__ import annotations
 
 import inspect
+import math
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 
 from uebench.api import ThreatModel
 from uebench.registry import UserError
@@ -76,7 +78,7 @@ def check_budget(clean: torch.Tensor, poisoned: torch.Tensor, threat: ThreatMode
         p = torch.nan_to_num(p, nan=0.0, posinf=0.0, neginf=0.0)  # reported above; keep measuring the rest
         _track(worst, "low", -p.flatten(1).amin(1), start)
         _track(worst, "high", p.flatten(1).amax(1), start)
-        _track(worst, "norm", _per_image_norm(p - c, threat.norm, atol), start)
+        _track(worst, "norm", _per_image_norm(p - c, threat.norm, atol, clean=c), start)
     if worst["nonfinite"] is not None:
         raise BudgetViolation(f"poisoned image {worst['nonfinite']} has NaN or infinite values")
     (low, i_low), (high, i_high) = worst["low"], worst["high"]
@@ -90,13 +92,46 @@ def check_budget(clean: torch.Tensor, poisoned: torch.Tensor, threat: ThreatMode
                               f"(declared threat model: {threat})")
 
 
-def _per_image_norm(delta: torch.Tensor, norm: str, atol: float) -> torch.Tensor:
+# A blurred image is fitted to within uint8 rounding (and the 0/1 clip): RMS residual at most this.
+CONV_RESIDUAL = 1.5 / 255
+
+
+def conv_fit(clean: torch.Tensor, poisoned: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image, the 3×3 channel-shared filter v that best maps ``clean`` to ``poisoned`` (least
+    squares over every pixel and channel, zero padding), and the RMS residual of that fit.
+    Returns (taps, residual): taps of shape (N, 9)."""
+    n, c, h, w = clean.shape
+    patches = F.unfold(clean.reshape(n * c, 1, h, w), 3, padding=1)            # (N·C, 9, H·W)
+    a = patches.reshape(n, c, 9, h * w).permute(0, 1, 3, 2).reshape(n, c * h * w, 9)
+    b = poisoned.reshape(n, c * h * w, 1)
+    taps = torch.linalg.lstsq(a, b, driver="gelsd").solution                   # (N, 9, 1)
+    residual = (a @ taps - b).square().mean(dim=(1, 2)).sqrt()
+    return taps[..., 0], residual
+
+
+CONV_NEGATIVE = 0.02   # a fitted tap below -2 % of the largest is a real negative tap, not uint8 rounding
+
+
+def conv_ratio(taps: torch.Tensor) -> torch.Tensor:
+    """What the ``conv`` threat model bounds: the largest tap but one over the largest (a
+    negative tap, which no blur has, counts as its size above 1)."""
+    top = taps.amax(1).clamp_min(1e-12)
+    second = taps.sort(1, descending=True).values[:, 1]
+    negative = (-taps).clamp_min(0).amax(1) / top
+    return torch.maximum(second / top, torch.where(negative > CONV_NEGATIVE, 1 + negative, torch.zeros_like(negative)))
+
+
+def _per_image_norm(delta: torch.Tensor, norm: str, atol: float, clean: torch.Tensor | None = None) -> torch.Tensor:
     if norm == "linf":
         return delta.abs().flatten(1).amax(1)
     if norm == "l2":
         return delta.flatten(1).norm(dim=1)
     if norm == "l0":
         return (delta.abs() > atol).any(dim=1).flatten(1).sum(1).to(delta.dtype)
+    if norm == "conv":
+        taps, residual = conv_fit(clean, clean + delta)
+        # an image the filter does not explain is out of the model whatever its taps: report it as infinite
+        return torch.where(residual <= CONV_RESIDUAL, conv_ratio(taps), torch.full_like(residual, math.inf))
     return torch.zeros(len(delta), dtype=delta.dtype)
 
 
@@ -110,6 +145,11 @@ def _track(worst: dict, key: str, values: torch.Tensor, start: int) -> None:
 
 
 def _describe(norm: str, value: float, eps: float) -> str:
+    if norm == "conv":
+        if math.isinf(value):
+            return (f"not a 3×3 blur of the clean image: no channel-shared 3×3 filter explains it to within "
+                    f"{CONV_RESIDUAL * 255:g}/255 RMS")
+        return f"blur budget exceeded: a tap at {value:.3g} of the largest > budget {eps:g}"
     if norm == "linf":
         return f"L∞ budget exceeded: max |δ| = {value * 255:.3g}/255 > budget {eps * 255:.3g}/255"
     if norm == "l2":
@@ -117,10 +157,20 @@ def _describe(norm: str, value: float, eps: float) -> str:
     return f"L0 budget exceeded: {int(value)} pixel positions changed > budget {int(eps)}"
 
 
-def measured_budget(clean: torch.Tensor, poisoned: torch.Tensor) -> dict[str, float]:
-    """The largest perturbation of any image, in each norm (for the record)."""
+def measured_budget(clean: torch.Tensor, poisoned: torch.Tensor, threat: ThreatModel | None = None) -> dict[str, float]:
+    """The largest perturbation of any image, in each norm (for the record); for a ``conv``
+    threat model also the largest tap ratio and fit residual the guard measured."""
     delta = (poisoned - clean).flatten(1)
     changed = ((poisoned - clean).abs().amax(1) > 0).flatten(1).sum(1)   # pixel positions
-    return {"linf_max": float(delta.abs().max()) if delta.numel() else 0.0,
-            "l2_max": float(delta.norm(dim=1).max()) if delta.numel() else 0.0,
-            "l0_max": int(changed.max()) if changed.numel() else 0}
+    measured = {"linf_max": float(delta.abs().max()) if delta.numel() else 0.0,
+                "l2_max": float(delta.norm(dim=1).max()) if delta.numel() else 0.0,
+                "l0_max": int(changed.max()) if changed.numel() else 0}
+    if threat is not None and threat.norm == "conv" and len(clean):
+        ratios, residuals = [], []
+        for start in range(0, len(clean), _CHUNK):
+            taps, residual = conv_fit(clean[start:start + _CHUNK].double(), poisoned[start:start + _CHUNK].double())
+            ratios.append(conv_ratio(taps))
+            residuals.append(residual)
+        measured |= {"conv_ratio_max": float(torch.cat(ratios).max()),
+                     "conv_residual_max": float(torch.cat(residuals).max())}
+    return measured

@@ -92,8 +92,9 @@ def compute_cell(job: Job, cell: Cell, upstream_error: str | None = None) -> Rec
             x = entry["x"]
             record.timing["poison_s"] = round(entry["seconds"], 2)
             record.notes["attack"] = entry["notes"]
-            check_budget(x_clean, x, declared_threat_model(cell.attack.instance, dataset.image_shape))
-            record.budget = measured_budget(x_clean, x)
+            threat = declared_threat_model(cell.attack.instance, dataset.image_shape)
+            check_budget(x_clean, x, threat)
+            record.budget = measured_budget(x_clean, x, threat)
             if record.budget["linf_max"] == 0:
                 record.warnings.append(f"the poison of {cell.attack.name} equals the clean images (L∞ 0): "
                                        f"this row measures clean data")

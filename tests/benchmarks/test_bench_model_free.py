@@ -1,4 +1,4 @@
-"""Generation throughput of the model-free attacks (LSP, AR, OPS) and the poison importer.
+"""Generation throughput of the model-free attacks (LSP, AR, OPS, CUDA's conv-blur) and the poison importer.
 
 Each runs at its paper defaults on 512 CIFAR-sized images (3×32×32, 10 classes). None
 of them touches a network: the cost in surrogate passes per image is 0, recorded in
@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from uebench.attacks.ar import AR
+from uebench.attacks.conv_blur import ConvBlur
 from uebench.attacks.external import External
 from uebench.attacks.lsp import LSP
 from uebench.attacks.ops import OPS
@@ -39,6 +40,7 @@ CONFIGS = {
     "lsp": lambda tmp_path, x: LSP(),
     "ar": lambda tmp_path, x: AR(),
     "ops": lambda tmp_path, x: OPS(),
+    "conv-blur": lambda tmp_path, x: ConvBlur(),
     "external": lambda tmp_path, x: External(path=released_file(tmp_path, x)),
 }
 
