@@ -20,7 +20,7 @@ from uebench.train import TrainConfig
 
 N_IMAGES, SIZE, CLASSES = 512, 16, 4
 DEFENSE_NAMES = ["cutout", "mixup", "cutmix", "iss-gray", "iss-jpeg", "bdr", "gaussian", "median",
-                 "ueraser", "ueraser-lite", "ueraser-max", "at"]
+                 "ueraser", "ueraser-lite", "ueraser-max", "at", "coin"]
 
 
 def make_ctx() -> Context:
