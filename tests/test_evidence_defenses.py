@@ -8,13 +8,13 @@ method's own `cpu` preset), recomputed (or, in CI, read from a copy of results/;
 acc(attack, defense) − acc(attack, none) ≥ ½ · (acc(clean, none) − acc(attack, none)).
 
 Measured (seed 0, committed table; clean 74.2 %; grayscale as APBench computes it, Pillow's
-luma of the uint8 image): class-wise noise 56.0 → 69.7 with iss-gray; class-wise EM 25.6 →
-70.1 with iss-gray; EM 21.3 → 48.9 with iss-gray and 52.9 with at; TAP 20.0 → 64.7 with
-iss-jpeg, 17.0 with iss-gray. Sample-wise EM is the one claim that does not carry over at
-full strength: published, grayscale takes EM from 20.8 % to 92.0 % (ResNet-18 surrogate and
-victim); here, with a small-CNN surrogate, it wins back 28 of 53 points (52 %), and that
-share moves with the seed (28–56 % over seeds 0–2 with the float luma before), so the claim
-is asserted as "at least 10 points" and the gap is reported.
+luma of the uint8 image; EM with the official export, see attacks/em.py): class-wise noise
+56.0 → 69.7 with iss-gray; class-wise EM 51.8 → 71.5 with iss-gray; EM 19.4 → 64.3 with
+iss-gray (45 of the 55 points it took) and 50.9 with at; TAP 20.0 → 64.7 with iss-jpeg, 17.0
+with iss-gray. Published, grayscale takes EM from 20.8 % to 92.0 % (ResNet-18 surrogate and
+victim). With the signed noise (``-A em.export=signed``, the table's EM before 2026-12-01)
+grayscale won back only 28 of 53 points, and that share moved with the seed (28–56 % over
+seeds 0–2): much of "grayscale breaks EM" belongs to the positive-half export.
 
 Only the cells the claims read are run, in three small grids that share the session's
 evidence folder (and so its poison cache and clean row). Claims about an attack whose
@@ -55,11 +55,11 @@ def test_grayscale_wins_back_half_of_colour_shortcuts(acc, attack):
     assert back >= taken / 2, f"iss-gray won back {back:.3f} of the {taken:.3f} that {attack} took"
 
 
-def test_grayscale_wins_back_part_of_samplewise_em(acc):
+def test_grayscale_wins_back_half_of_samplewise_em(acc):
     skip_unless_available("em")
     taken, back = won_back(acc, "em", "iss-gray")
     assert taken >= 0.10, f"em took only {taken:.3f}; the claim needs a working attack"
-    assert back >= 0.10, f"iss-gray won back {back:.3f} of the {taken:.3f} that em took"
+    assert back >= taken / 2, f"iss-gray won back {back:.3f} of the {taken:.3f} that em took"
 
 
 def test_jpeg_wins_back_half_of_tap_and_grayscale_does_not(acc):

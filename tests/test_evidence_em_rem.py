@@ -5,8 +5,8 @@ images, 15 victim epochs of the small CNN, each attack's own `cpu` preset), reco
 each attack must take at least 10 points of clean test accuracy off the clean row.
 Published (ResNet-18, full CIFAR-10): clean ≈ 94 %, EM ≈ 20 %, REM ≈ 17–25 %.
 
-Measured (seed 0, committed table): clean 74.2 %, EM 21.3 % (4 rounds, surrogate at 98.8 %),
-class-wise EM 25.6 % (7 rounds), REM 39.5 %. Cost on 2 cores: poisons 2.3 min (EM), 0.5 min
+Measured (seed 0, committed table; EM with the official export): clean 74.2 %, EM 19.4 % (6
+rounds, surrogate at 99.98 %), class-wise EM 51.8 % (6 rounds), REM 39.5 %. Cost on 2 cores: poisons 2.3 min (EM), 0.5 min
 (class-wise), 4.5 min (REM); about 1 min per victim.
 """
 from __future__ import annotations

@@ -11,10 +11,10 @@ acc(attack, le) − acc(attack, none) ≥ ½ · (acc(clean, none) − acc(attack
 
 Measured (seed 0, committed table; clean 74.2 %), LE at the official per-image guidance
 strength (its distances averaged over a batch of 500, ``guidance_batch``; see
-defenses/le.py): clean under LE 71.9 %, under AVATAR 65.1 %; EM 21.3 → 64.1 with LE (43 of
-the 53 points back) and 60.3 with AVATAR (same diffusion model; 57.3 on the model of
-2026-11); class-wise noise 56.0 → 67.5 with LE (11.5 of 18 points back) and 63.7 with
-AVATAR. All three claims hold at this scale. With 500 times the official strength
+defenses/le.py): clean under LE 71.9 %, under AVATAR 65.1 %; EM (the official export) 19.4 →
+71.5 with LE (52 of the 55 points back) and 64.0 with AVATAR (with the signed EM before
+2026-12-01: 21.3 → 64.1 and 60.3); class-wise noise 56.0 → 67.5 with LE (11.5 of 18 points
+back) and 63.7 with AVATAR. All three claims hold at this scale. With 500 times the official strength
 (``guidance_batch=1``, uebench's default before 2026-12) they did not: EM 51.9 and
 class-wise noise 62.3 with LE, so LE lost to AVATAR on EM and won back only a third of
 class-wise noise; that guidance pulled the chain back towards x_ue and kept 44 % of EM's δ

@@ -33,9 +33,10 @@ pytestmark = pytest.mark.slow
 COMMITTED = Path(__file__).resolve().parents[1] / "results"
 TOLERANCE = 0.03          # three points of clean test accuracy (60 of the 2,000 test images)
 # Sample-wise EM under grayscale sits between learning the poison and learning the images, and
-# any change of rounding tips it: seeds 0, 1, 2 gave 40.9, 53.1 and 35.0 (no defense: 21.3, 26.2,
-# 19.8), and seed 0 recomputed from scratch by a CI run gave 43.9. Twelve points fail a
-# grayscale that does nothing (the cell falls to EM's 20-26) or an EM that does nothing (68-70).
+# any change of rounding can tip it: with the signed export seeds 0, 1, 2 gave 40.9, 53.1 and
+# 35.0 (no defense: 21.3, 26.2, 19.8); with the official export two runs here gave 64.35 and
+# 64.3. Twelve points fail a grayscale that does nothing (the cell falls to EM's 19-26) or an
+# EM that does nothing (70-72).
 CELL_TOLERANCE = {("em", "iss-gray"): 0.12}
 
 CELLS = [                 # (attack, defense), each recomputed from scratch
