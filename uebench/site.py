@@ -120,8 +120,10 @@ def section(view, entries, page_dir: Path) -> str:
         cells = []
         for defense in view.cols:
             value = frame.loc[attack, defense]
-            if math.isnan(value):
-                cells.append('<td class="missing">·</td>')
+            if math.isnan(value):                       # as the markdown says it: n/a, failed, or not run
+                state = view.status[(attack, defense)]
+                text = "n/a" if "not-applicable" in state else "failed" if "failed" in state else "·"
+                cells.append(f'<td class="missing">{text}</td>')
                 continue
             link = links[(attack, defense)]
             mark = ' class="best"' if best is not None and value == best else ""
