@@ -1,6 +1,7 @@
 """Throughput of the DDPM used by LE and AVATAR, at tiny sizes (the ``tiny`` config)."""
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 import pytest
@@ -27,3 +28,19 @@ def test_bench_reverse_step(benchmark):
     gen = torch.Generator().manual_seed(0)
     benchmark.pedantic(model.reverse, args=(x, [1, 0], gen), rounds=3, iterations=1)
     benchmark.extra_info["images_per_s_per_step"] = 2 * len(x) / benchmark.stats.stats.mean
+
+
+def test_bench_eclipse(benchmark):
+    """ECLIPSE's purification of a batch of 64 (t* = 11, the full chain) and its compensation on 512 images."""
+    from uebench.defenses.eclipse import ECLIPSE
+    torch.manual_seed(0)
+    model = DiffusionModel(make_unet(CONFIGS["tiny"], 3, 32), CONFIGS["tiny"], (32, 32))
+    eclipse = ECLIPSE()
+    x = model.encode(tiny_images(64, size=32)[0])
+    gen = torch.Generator().manual_seed(0)
+    benchmark.pedantic(eclipse.purify_batch, args=(model, x, gen, None), rounds=3, iterations=1)
+    images, labels = tiny_images(512, size=32)
+    start = time.perf_counter()
+    eclipse.augment(images, labels)
+    benchmark.extra_info.update({"purify_images_per_s": len(x) / benchmark.stats.stats.mean,
+                                 "compensation_images_per_s": len(images) / (time.perf_counter() - start)})
