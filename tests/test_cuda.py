@@ -123,3 +123,11 @@ def test_a_cell_repeats_at_a_fixed_seed_on_the_gpu(tmp_path):
                        results_dir=tmp_path / "results", progress=False)
         results.append({(r.attack.name, r.defense.name): r.metrics.test_acc for r in run(spec)})
     assert results[0] == results[1]
+
+
+def test_a_compiled_victim_trains_and_evaluates_as_the_eager_one_does():
+    x, y = tiny_set(seed=0)
+    cfg = TrainConfig(epochs=2, batch_size=64, compile=True)
+    model = train_supervised(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                                                 torch.nn.Linear(8 * 14 * 14, N_CLASSES)), x, y, cfg, CUDA, seed=0)
+    assert accuracy(model, x, y) > 1 / N_CLASSES + 0.1

@@ -25,3 +25,12 @@ def test_method_presets_name_known_presets_and_fields(registry, name):
     for preset, values in cls.presets.items():
         assert set(values) <= fields, f"{name}.presets[{preset!r}]: {sorted(set(values) - fields)} are not fields"
         cls.for_preset(preset)                               # and the values pass the method's checks
+
+
+def test_compile_is_a_recipe_field_that_leaves_existing_table_ids_alone():
+    from uebench.presets import table_config
+    from uebench.train import TrainConfig
+    eager = table_config("cpu")
+    assert "compile" not in eager.train.as_dict()                   # the committed cpu table keeps its id
+    assert table_config("cpu", compile=True).train.as_dict()["compile"] is True
+    assert TrainConfig().compile is False

@@ -104,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
                        ("--test-subset", int), ("--cell-threads", int)]:
         run.add_argument(flag, type=kind, help="override the preset's value")
     run.add_argument("--schedule", help="onecycle | cosine | multistep")
+    run.add_argument("--compile", action="store_const", const=True, help="torch.compile the victims (GPU, long runs)")
     run.add_argument("--crop-fill", help="what the training crop pads with: zeros | reflect")
     run.add_argument("-A", "--attack-param", action="append", default=[], metavar="ATTACK.NAME=VALUE",
                      help="override an attack hyperparameter, e.g. -A em.rounds=5 -A tap.eps=16/255")
@@ -185,7 +186,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     args.attacks, args.defenses = args.attacks or "all", args.defenses or "all"
     overrides = {k: getattr(args, k) for k in ("model", "protocol", "epochs", "batch_size", "lr", "weight_decay",
                                                 "n_reference", "n_protected", "train_subset", "test_subset", "cell_threads",
-                                                "schedule", "crop_fill") if getattr(args, k) is not None}
+                                                "schedule", "crop_fill", "compile") if getattr(args, k) is not None}
     spec = RunSpec(attacks=args.attacks, defenses=args.defenses, preset=args.preset, dataset=args.dataset,
                    seeds=parse_seeds(args.seeds) if args.seeds else None, overrides=overrides,
                    attack_params=parse_params(args.attack_param, "-A"),

@@ -101,12 +101,12 @@ def validate(cfg: TableConfig) -> None:
         (t.epochs >= 1, f"--epochs must be >= 1, got {t.epochs}"),
         (t.batch_size >= 1, f"--batch-size must be >= 1, got {t.batch_size}"),
         (t.lr > 0, f"--lr must be > 0, got {t.lr}"),
-        (t.schedule in ("onecycle", "cosine", "multistep"), f"--schedule must be onecycle, cosine or multistep"),
+        (t.schedule in ("onecycle", "cosine", "multistep"), f"--schedule must be onecycle, cosine or multistep, got {t.schedule!r}"),
         (t.crop_fill in CROP_FILLS, f"--crop-fill must be {' or '.join(CROP_FILLS)}, got {t.crop_fill!r}"),
         (len(cfg.seeds) >= 1, "give at least one seed"),
-        (cfg.protocol in ("supervised", "contrastive"), f"--protocol must be supervised or contrastive"),
+        (cfg.protocol in ("supervised", "contrastive"), f"--protocol must be supervised or contrastive, got {cfg.protocol!r}"),
         (cfg.n_reference >= 0, f"--n-reference must be >= 0, got {cfg.n_reference}"),
-        (cfg.n_protected is None or cfg.n_protected >= 1, f"--n-protected must be >= 1"),
+        (cfg.n_protected is None or cfg.n_protected >= 1, f"--n-protected must be >= 1, got {cfg.n_protected}"),
         (cfg.cell_threads is None or cfg.cell_threads >= 1, f"--cell-threads must be >= 1, got {cfg.cell_threads}"),
     ]
     for ok, message in checks:
