@@ -29,7 +29,7 @@ def test_the_device_check_dry_run_fills_its_output_folder(tmp_path):
     assert {"env.json", "log.txt", "benchmarks.json", "results.tar.gz", "LEADERBOARD.md"} <= set(files)
     assert json.loads((out / "env.json").read_text())["dry_run"] is True
     throughputs = {b["extra_info"]["throughput"] for b in json.loads((out / "benchmarks.json").read_text())["benchmarks"]}
-    assert {"train-smallcnn", "train-resnet18", "pgd-smallcnn", "pgd-resnet18", "le-purify"} <= throughputs
+    assert {"train-smallcnn", "train-resnet18", "pgd-smallcnn", "pgd-resnet18", "em-craft", "tap-craft", "le-purify"} <= throughputs
     with tarfile.open(out / "results.tar.gz") as archive:
         names = [m.name for m in archive.getmembers()]
         records = [json.load(archive.extractfile(m)) for m in archive.getmembers()]
