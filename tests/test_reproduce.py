@@ -37,7 +37,10 @@ TOLERANCE = 0.03          # three points of clean test accuracy (60 of the 2,000
 # 35.0 (no defense: 21.3, 26.2, 19.8); with the official export two runs here gave 64.35 and
 # 64.3. Twelve points fail a grayscale that does nothing (the cell falls to EM's 19-26) or an
 # EM that does nothing (70-72).
-CELL_TOLERANCE = {("em", "iss-gray"): 0.12}
+# EM's poison itself comes out of six rounds of alternating surrogate training and noise
+# steps, which carry a rounding difference further than one training run does: its cells get
+# five points (a broken EM lands at the clean row, 50 points away; under AT at AT's own 49.5).
+CELL_TOLERANCE = {("em", "iss-gray"): 0.12, ("em", "none"): 0.05, ("em", "at"): 0.05}
 
 CELLS = [                 # (attack, defense), each recomputed from scratch
     ("clean", "none"),
