@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from conftest import cell_runner
-from uebench.records import hparams_as_made, read_record
+from uebench.records import Record, hparams_as_made, read_record
 
 pytestmark = pytest.mark.slow
 
@@ -62,10 +62,10 @@ def recomputed(tmp_path_factory):
     return run_cells(attacks, defenses, cells=CELLS)
 
 
-def committed_record(record: dict, attack: str, defense: str) -> dict | None:
+def committed_record(record: Record, attack: str, defense: str) -> Record | None:
     """The committed record of the same cell, or None when it is missing or fails its checksum."""
     table = COMMITTED / record.table.dataset["name"] / record.table.id
-    return read_record(table / attack / defense / f"seed{record['seed']}.json")
+    return read_record(table / attack / defense / f"seed{record.seed}.json")
 
 
 @pytest.mark.parametrize("attack,defense", CELLS, ids=[f"{a}-{d}" for a, d in CELLS])
@@ -73,12 +73,13 @@ def test_committed_cell_reproduces(recomputed, attack, defense):
     fresh = recomputed[(attack, defense)]
     committed = committed_record(fresh, attack, defense)
     assert committed is not None, (
-        f"no valid committed record for {attack} × {defense} in table {fresh['table']['id']}: the `cpu` "
+        f"no valid committed record for {attack} × {defense} in table {fresh.table.id}: the `cpu` "
         "preset's configuration changed since the table was committed (re-run the table)")
     # An older record lacks hyperparameters added since; it was made with their ADDED_HPARAMS value.
-    for part in ("attack", "defense"):
-        made = hparams_as_made(committed[part]["name"], committed[part]["hparams"])
-        assert fresh[part]["hparams"] == made, f"{part} of {attack} × {defense} was made otherwise"
+    for kind in ("attack", "defense"):
+        made_by, now = getattr(committed, kind), getattr(fresh, kind)
+        assert now.hparams == hparams_as_made(made_by.name, made_by.hparams), \
+            f"{kind} of {attack} × {defense} was made otherwise"
     got, want = fresh.metrics.test_acc, committed.metrics.test_acc
     tolerance = CELL_TOLERANCE.get((attack, defense), TOLERANCE)
     n_test = committed.metrics.n_test    # compared in whole test images, free of float rounding
