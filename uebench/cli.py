@@ -247,13 +247,11 @@ THROUGHPUTS = Path("leaderboard/throughputs")   # measured images/s per device k
 
 def print_cost(plan, args: argparse.Namespace) -> None:
     """The pending poison sets, shared models and cells, and their predicted device time."""
-    from uebench.api import Defense
     from uebench.cost import estimate, load_throughputs, reference_records
     from uebench.leaderboard import collect
-    from uebench.plan import CLEAN
     from uebench.runner import resolve_device
-    poisons = {c.attack.folder for c in plan.pending if c.attack.name != CLEAN}
-    shared = {c.defense.folder for c in plan.pending if type(c.defense.instance).prepare is not Defense.prepare}
+    poisons = {attack.folder for attack, _ in plan.poison_sets()}
+    shared = {defense.folder for defense, _ in plan.shared_models()}
     print(f"uebench: to build: {len(poisons)} poison set(s), {len(shared)} shared model(s) "
           f"({', '.join(sorted(shared)) or 'none'}), {len(plan.pending)} cell(s)", file=sys.stderr)
     kind = resolve_device(args.device).type
@@ -270,9 +268,9 @@ def print_cost(plan, args: argparse.Namespace) -> None:
         print("uebench: no cost estimate: no `cpu` table to scale from under the results folder "
               "(pass --reference-table)", file=sys.stderr)
         return
-    cost = estimate(plan, reference_records(Path(args.results_dir), table), load_throughputs(reference_file),
-                    load_throughputs(here))
-    print(f"uebench: predicted {cost.total_h:.1f} device-hours on {load_throughputs(here).device} "
+    rates = load_throughputs(here)
+    cost = estimate(plan, reference_records(Path(args.results_dir), table), load_throughputs(reference_file), rates)
+    print(f"uebench: predicted {cost.total_h:.1f} device-hours on {rates.device} "
           f"(poison sets {cost.poison_s / 3600:.1f} h, cells {cost.cells_s / 3600:.1f} h), scaled from {cost.reference}; "
           f"each method at its reference settings", file=sys.stderr)
     if cost.unknown or shared:

@@ -87,7 +87,7 @@ def estimate(plan: Plan, reference: list[Record], reference_rates: Throughputs, 
     pgd_scale = n / n_ref * reference_rates.rate("pgd", model_ref) / rates.rate("pgd", plan.config.model)
     out = Estimate(reference=f"{ref.id} ({ref.preset}: {n_ref} images × {epochs_ref} epochs, {model_ref}, "
                              f"on {reference_rates.device})")
-    for attack in {c.attack.folder for c in plan.pending if c.attack.name != CLEAN}:
+    for attack in {method.folder for method, _ in plan.poison_sets()}:
         if attack in poison:
             out.poison_s += poison[attack] * pgd_scale
         else:

@@ -207,14 +207,16 @@ def write(results_dir: Path, out_path: Path) -> Path:
     """Render and write atomically: the markdown and, beside it, one heatmap PNG per table."""
     out_path = Path(out_path)
     link = os.path.relpath(Path(results_dir).resolve(), out_path.parent.resolve())
-    for name, (frame, title) in heatmaps(results_dir).items():
-        if drawn_from(out_path.parent / name) != data_key(frame, title):   # unchanged pictures stay as they are
-            draw(frame, title, out_path.parent / name)
+    frames = heatmaps(results_dir)
+    for name in stale_heatmaps(results_dir, out_path, frames):      # unchanged pictures stay as they are
+        draw(*frames[name], out_path.parent / name)
     write_atomic(out_path, render(results_dir, results_link=Path(link).as_posix()))
     return out_path
 
 
-def stale_heatmaps(results_dir: Path, out_path: Path) -> list[str]:
-    """The heatmaps beside ``out_path`` that are missing or were drawn from other numbers."""
-    return sorted(name for name, (frame, title) in heatmaps(results_dir).items()
+def stale_heatmaps(results_dir: Path, out_path: Path, frames: dict | None = None) -> list[str]:
+    """The heatmaps beside ``out_path`` that are missing or were drawn from other numbers
+    (``frames``: :func:`heatmaps` of ``results_dir``, when the caller has them)."""
+    frames = heatmaps(results_dir) if frames is None else frames
+    return sorted(name for name, (frame, title) in frames.items()
                   if drawn_from(Path(out_path).parent / name) != data_key(frame, title))

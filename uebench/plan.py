@@ -115,6 +115,18 @@ class Plan:
     pending: list[Cell]
     corrupt: list[Path] = field(default_factory=list)              # records found truncated or tampered with
 
+    def poison_sets(self) -> list[tuple[ConfiguredMethod, int]]:
+        """(attack, seed) of every poison set the pending cells need, each once."""
+        return sorted({(c.attack, c.seed) for c in self.pending if c.attack.name != CLEAN},
+                      key=lambda p: (p[0].folder, p[1]))
+
+    def shared_models(self) -> list[tuple[ConfiguredMethod, int]]:
+        """(defense, seed) of every defense whose pending cells apply and need shared state (``prepare``)."""
+        from uebench.api import Defense
+        return sorted({(c.defense, c.seed) for c in self.pending
+                       if self.config.protocol in c.defense.instance.protocols
+                       and type(c.defense.instance).prepare is not Defense.prepare},
+                      key=lambda p: (p[0].folder, p[1]))
 
 
 def _names(spec: str | list[str]) -> str:

@@ -18,11 +18,10 @@ from typing import Callable
 
 import torch
 
-from uebench.api import Defense
 from uebench.cell import Claimed, prepare_defense, run_cell
 from uebench.claims import wait_until_free
 from uebench.job import Job, remember_data
-from uebench.plan import CLEAN, Cell, ConfiguredMethod, Plan, RunSpec, cache_dir_of, make_plan, scan_records
+from uebench.plan import Cell, ConfiguredMethod, Plan, RunSpec, cache_dir_of, make_plan, scan_records
 from uebench.poisons import craft_poison
 from uebench.presets import TableConfig
 from uebench.progress import Progress, duration, interactive
@@ -133,12 +132,7 @@ def _run(spec: RunSpec, plan: Plan, workers: Workers) -> list[Record]:
                              *cache_folders])
 
     # Stage 1: every poison set and every defense's shared state, each exactly once.
-    poisons = sorted({(c.attack, c.seed) for c in plan.pending if c.attack.name != CLEAN},
-                     key=lambda p: (p[0].folder, p[1]))
-    applicable = [c for c in plan.pending if plan.config.protocol in c.defense.instance.protocols]
-    prepares = sorted({(c.defense, c.seed) for c in applicable
-                       if type(c.defense.instance).prepare is not Defense.prepare},
-                      key=lambda p: (p[0].folder, p[1]))
+    poisons, prepares = plan.poison_sets(), plan.shared_models()
     stage1 = [(craft_poison, a, s) for a, s in poisons] + [(prepare_defense, d, s) for d, s in prepares]
     errors: dict[tuple[str, str, int], str] = {}
 
