@@ -176,7 +176,8 @@ class Method:
 class Attack(Method):
     """An unlearnable-example generator. Override :meth:`generate` and :meth:`threat_model`.
 
-    ``target`` says which learner the attack aims at: ``supervised`` or ``contrastive``.
+    ``target`` says which learner the attack aims at: ``supervised``, ``contrastive`` or both
+    (``"supervised, contrastive"``); it is descriptive (listings, records), any protocol can run it.
     """
 
     target: ClassVar[str] = "supervised"

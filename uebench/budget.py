@@ -87,7 +87,9 @@ def check_budget(clean: torch.Tensor, poisoned: torch.Tensor, threat: ThreatMode
     if high > 1 + atol:
         raise BudgetViolation(f"pixel values must lie in [0, 1]: maximum {high:.4g} at image {i_high}")
     value, index = worst["norm"]
-    if threat.norm != "none" and value > threat.eps + atol:
+    # a fitted blur's taps are known to within what uint8 rounding leaves (CONV_ROUNDING of the largest)
+    tolerance = CONV_ROUNDING if threat.norm == "conv" else atol
+    if threat.norm != "none" and value > threat.eps + tolerance:
         raise BudgetViolation(f"{_describe(threat.norm, value, threat.eps)} at image {index} "
                               f"(declared threat model: {threat})")
 
@@ -109,7 +111,10 @@ def conv_fit(clean: torch.Tensor, poisoned: torch.Tensor) -> tuple[torch.Tensor,
     return taps[..., 0], residual
 
 
-CONV_NEGATIVE = 0.02   # a fitted tap below -2 % of the largest is a real negative tap, not uint8 rounding
+# How far uint8 rounding moves a fitted tap, relative to the largest: a tap below −2 % is a real
+# negative tap, and a ratio may exceed the budget by 2 % before it is a real violation (measured:
+# the official CUDA poison of the CIFAR-10 subset at blur 0.3 fits to at most 0.309 on flat images).
+CONV_ROUNDING = 0.02
 
 
 def conv_ratio(taps: torch.Tensor) -> torch.Tensor:
@@ -118,7 +123,7 @@ def conv_ratio(taps: torch.Tensor) -> torch.Tensor:
     top = taps.amax(1).clamp_min(1e-12)
     second = taps.sort(1, descending=True).values[:, 1]
     negative = (-taps).clamp_min(0).amax(1) / top
-    return torch.maximum(second / top, torch.where(negative > CONV_NEGATIVE, 1 + negative, torch.zeros_like(negative)))
+    return torch.maximum(second / top, torch.where(negative > CONV_ROUNDING, 1 + negative, torch.zeros_like(negative)))
 
 
 def _per_image_norm(delta: torch.Tensor, norm: str, atol: float, clean: torch.Tensor | None = None) -> torch.Tensor:

@@ -71,3 +71,25 @@ def test_epoch_overhead_vs_no_defense(benchmark, name, data, none_epoch_s):
         "overhead_vs_none": round(epoch_s / none_epoch_s, 2),
         "purify_s": round(purify_s, 4),
     })
+
+
+@pytest.mark.benchmark
+def test_dvae_training_throughput(benchmark, data):
+    """D-VAE trains two VAEs on the poisoned set before the victim: its cost is VAE epochs, timed
+    here at the `cpu` preset's network (one epoch a stage) and reported as images/s per VAE epoch."""
+    x, y = data
+    defense = DEFENSES.get("d-vae").for_preset("cpu", epochs=1)
+    seconds: list[float] = []
+
+    def purify():
+        start = time.perf_counter()
+        out = defense.purify(x, y, None, make_ctx())
+        seconds.append(time.perf_counter() - start)
+        return out
+
+    out = benchmark.pedantic(purify, rounds=2, iterations=1)
+    assert out.shape == x.shape
+    best = min(seconds)
+    benchmark.extra_info.update({"images": N_IMAGES, "image_size": SIZE, "vae_epochs": 2,
+                                 "images_per_s_per_vae_epoch": round(2 * N_IMAGES / best, 1),
+                                 "cpu_preset_vae_epochs": 2 * DEFENSES.get("d-vae").presets["cpu"]["epochs"]})

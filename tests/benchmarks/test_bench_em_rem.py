@@ -1,4 +1,4 @@
-"""Generation throughput of the error-minimising attacks (EM, EM class-wise, REM).
+"""Generation throughput of the error-minimising attacks (EM, EM class-wise, REM, AUE).
 
 Each attack runs at its ``cpu`` preset's per-step settings for one round (REM: one
 training step plus the final regeneration) on 256 images of 16×16. The cost in
@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from conftest import tiny_images
+from uebench.attacks.aue import AUE
 from uebench.attacks.em import EM, EMClasswise
 from uebench.attacks.rem import REM
 from uebench.context import Context
@@ -24,12 +25,15 @@ CONFIGS = {
     "em": lambda: EM.for_preset("cpu", max_rounds=1),
     "em-classwise": lambda: EMClasswise.for_preset("cpu", max_rounds=1),
     "rem": lambda: REM.for_preset("cpu", train_steps=1),
+    "aue": lambda: AUE.for_preset("cpu", epochs=1),
 }
 
 
 def passes_per_image(attack) -> float:
     if isinstance(attack, REM):
         return attack.passes_per_image(N_IMAGES)
+    if isinstance(attack, AUE):
+        return attack.passes_per_image()
     return attack.max_rounds * attack.passes_per_round(N_IMAGES)
 
 

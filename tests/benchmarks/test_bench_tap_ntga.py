@@ -1,4 +1,4 @@
-"""Generation throughput of TAP and NTGA at their ``cpu`` preset settings on 256 images of 16×16.
+"""Generation throughput of TAP, AAP and NTGA at their ``cpu`` preset settings on 256 images of 16×16.
 
 TAP's surrogate is trained in the warm-up round and loaded from the cache afterwards, so
 the timed rounds measure crafting only (its training cost, in passes per image, is
@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from conftest import tiny_images
+from uebench.attacks.aap import AAP
 from uebench.attacks.ntga import NTGA
 from uebench.attacks.tap import TAP
 from uebench.context import Context
@@ -23,6 +24,7 @@ N_IMAGES, SIZE = 256, 16
 
 CONFIGS = {
     "tap": lambda: TAP.for_preset("cpu"),
+    "aap": lambda: AAP.for_preset("cpu"),
     "ntga-fnn": lambda: NTGA.for_preset("cpu"),
     "ntga-cnn": lambda: NTGA.for_preset("cpu", surrogate="cnn", iterations=3),   # 3: seconds, not minutes
 }
@@ -51,7 +53,7 @@ def test_generation_throughput(benchmark, name, tmp_path):
         "images": N_IMAGES, "image_size": SIZE,
         "images_per_s": round(N_IMAGES / best, 1),
         "surrogate_passes_per_image": passes,
-        "surrogate_training_passes_per_image": getattr(attack, "surrogate_epochs", 0),   # TAP only
+        "surrogate_training_passes_per_image": getattr(attack, "surrogate_epochs", 0),   # TAP and AAP
         "surrogate_passes_per_s": round(N_IMAGES * passes / best, 1),
         "hparams": {k: v for k, v in vars(attack).items()},
     })
