@@ -31,6 +31,10 @@ class DisentanglingVAE(nn.Module):
     reconstructs the image (sigmoid), the other the perturbation, from the sample plus a learned
     per-class map (the official ``spatial_emb`` with ``use_y`` off). The classifier head of the
     official module gets no gradient from D-VAE's loss and is left out.
+
+    Written here rather than taken from a library: diffusers' ``AutoencoderKL`` (the VAE of a
+    well-kept library at hand) has neither the ResNet stem nor the class-conditioned second
+    decoder that make this network D-VAE; the blocks are uebench's own ResNet-18 blocks.
     """
 
     def __init__(self, channels: int, size: tuple[int, int], num_classes: int, width: int = 64,
