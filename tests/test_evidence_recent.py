@@ -13,14 +13,19 @@ acc(attack, defense) − acc(attack, none) ≥ ½ · (acc(clean, none) − acc(a
 - D-VAE (Yu et al., ICML 2024) and ECLIPSE (Wang et al., ESORICS 2024): purification, from the
   poisoned data alone (D-VAE) or from 2,000 clean images (ECLIPSE), wins back what EM takes.
 
-The measured numbers are in each test's docstring; a claim that does not hold at this scale is a
-strict expected failure with its numbers, so it turns red the day it starts to hold.
+Measured (seed 0, committed table; clean 74.2 %): conv-blur 27.3, under cutout / mixup / cutmix
+25.2 / 31.8 / 30.2, under COIN 47.6 (clean under COIN 58.2; the best cheap defense, UEraser-Lite,
+34.1); AUE 34.2 and AAP 34.0 without a defense; EM 19.4 → 69.1 under ECLIPSE and → 41.9 under D-VAE
+(clean under D-VAE 38.9: at the `cpu` preset's small VAE the purification itself costs 35 points);
+contrastive protocol: clean 47.6, AAP 40.1, AUE 45.3.
+A claim that does not hold at this scale is a strict expected failure with its numbers, so it turns
+red the day it starts to hold.
 """
 from __future__ import annotations
 
 import pytest
 
-from conftest import run_grids, skip_unless_available
+from conftest import attack_unavailable, run_grids, skip_unless_available
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +39,11 @@ GRIDS = [                       # (attacks, defenses); the runner adds the clean
 
 @pytest.fixture(scope="module")
 def acc(evidence):
-    return run_grids(evidence, GRIDS) | evidence(["clean"], ["coin"])   # COIN's own cost on clean data
+    cells = run_grids(evidence, GRIDS)
+    for attack, defense in (("conv-blur", "coin"), ("em", "d-vae")):   # with the defense's own cost on clean data
+        if attack_unavailable(attack) is None:
+            cells |= evidence(["clean", attack], [defense])
+    return cells
 
 
 @pytest.fixture(scope="module")
@@ -74,16 +83,38 @@ def test_supervised_unlearnability(acc, attack):
         f"{attack}: {acc[attack, 'none']:.3f} vs clean {acc['clean', 'none']:.3f}")
 
 
-@pytest.mark.parametrize("attack", ["aue", "aap"])
+@pytest.mark.parametrize("attack", [
+    pytest.param("aue", marks=pytest.mark.xfail(strict=True, reason="not at CPU scale: the probe on AUE's poisons "
+                                                "reaches 45.3 % against 47.6 % on clean data (2.3 points)")),
+    "aap",
+])
 def test_contrastive_unlearnability(contrastive_acc, attack):
+    """Measured (the contrastive `cpu` table: SimCLR on the small CNN, then a linear probe): clean 47.6,
+    AAP 40.1, AUE 45.3; the contrastive poisons UCL and TUE take nothing at this scale (47.6–48.4)."""
     skip_unless_available(attack)
     clean, poisoned = contrastive_acc["clean", "none"], contrastive_acc[attack, "none"]
     assert poisoned <= clean - 0.05, f"{attack}: probe accuracy {poisoned:.3f} vs clean {clean:.3f}"
 
 
-@pytest.mark.parametrize("defense", ["d-vae", "eclipse"])
-def test_purification_wins_back_half_of_em(acc, defense):
+def test_eclipse_wins_back_half_of_em(acc):
+    """Measured: EM 19.4 → 69.1 under ECLIPSE (clean 74.2; clean under ECLIPSE 73.1)."""
     skip_unless_available("em")
-    taken, back = won_back(acc, "em", defense)
+    taken, back = won_back(acc, "em", "eclipse")
     assert taken >= 0.25, f"em took only {taken:.3f}"
-    assert back >= taken / 2, f"{defense} won back {back:.3f} of the {taken:.3f} em took"
+    assert back >= taken / 2, f"eclipse won back {back:.3f} of the {taken:.3f} em took"
+
+
+def test_dvae_removes_what_em_adds(acc):
+    """Trained on the poisons alone, D-VAE leaves EM's images as learnable as clean images it
+    purifies: measured, EM under D-VAE 41.9 against clean under D-VAE 38.9."""
+    skip_unless_available("em")
+    assert acc["em", "d-vae"] >= acc["clean", "d-vae"] - 0.03, (
+        f"em under d-vae {acc['em', 'd-vae']:.3f} vs clean under d-vae {acc['clean', 'd-vae']:.3f}")
+
+
+@pytest.mark.xfail(strict=True, reason="not at the cpu preset: D-VAE costs clean data 35 points (74.2 → 38.9), "
+                                       "so it wins back 22.5 of the 54.8 points EM takes (19.4 → 41.9)")
+def test_dvae_wins_back_half_of_em(acc):
+    skip_unless_available("em")
+    taken, back = won_back(acc, "em", "d-vae")
+    assert back >= taken / 2, f"d-vae won back {back:.3f} of the {taken:.3f} em took"
