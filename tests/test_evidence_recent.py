@@ -14,7 +14,7 @@ acc(attack, defense) − acc(attack, none) ≥ ½ · (acc(clean, none) − acc(a
   poisoned data alone (D-VAE) or from 2,000 clean images (ECLIPSE), wins back what EM takes.
 
 Measured (seed 0, committed table; clean 74.2 %): conv-blur 27.3, under cutout / mixup / cutmix
-25.2 / 31.8 / 30.2, under COIN 47.6 (clean under COIN 58.2; the best cheap defense, UEraser-Lite,
+25.2 / 31.9 / 30.1, under COIN 47.6 (clean under COIN 58.1; the best cheap defense, UEraser-Lite,
 34.1); AUE 34.2 and AAP 34.0 without a defense; EM 19.4 → 69.1 under ECLIPSE and → 41.9 under D-VAE
 (clean under D-VAE 38.9: at the `cpu` preset's small VAE the purification itself costs 35 points);
 contrastive protocol: clean 47.6, AAP 40.1, AUE 45.3.
@@ -90,7 +90,7 @@ def test_supervised_unlearnability(acc, attack):
 ])
 def test_contrastive_unlearnability(contrastive_acc, attack):
     """Measured (the contrastive `cpu` table: SimCLR on the small CNN, then a linear probe): clean 47.6,
-    AAP 40.1, AUE 45.3; the contrastive poisons UCL and TUE take nothing at this scale (47.6–48.4)."""
+    AAP 40.1, AUE 45.3; the contrastive poisons UCL and TUE take nothing at this scale (47.5–48.4)."""
     skip_unless_available(attack)
     clean, poisoned = contrastive_acc["clean", "none"], contrastive_acc[attack, "none"]
     assert poisoned <= clean - 0.05, f"{attack}: probe accuracy {poisoned:.3f} vs clean {clean:.3f}"
