@@ -192,6 +192,13 @@ def run_grids(evidence_fn, grids: list[tuple[list[str], list[str]]]) -> dict:
     return cells
 
 
+def won_back(acc: dict, attack: str, defense: str) -> tuple[float, float]:
+    """(accuracy the attack took from the no-defense victim, accuracy the defense won back): the
+    evidence tests' "wins back at least half" compares the second with half the first."""
+    taken = acc["clean", "none"] - acc[attack, "none"]
+    return taken, acc[attack, defense] - acc[attack, "none"]
+
+
 @pytest.fixture(autouse=True)
 def _benchmarks_need_enabling(request):
     """Benchmarks run only when asked: ``python -m pytest -m benchmark --benchmark-enable tests/benchmarks``."""

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import run_grids, skip_unless_available
+from conftest import run_grids, skip_unless_available, won_back
 
 pytestmark = pytest.mark.slow
 
@@ -39,12 +39,6 @@ GRIDS = [                       # (attacks, defenses); the runner adds the clean
 def acc(evidence):
     """Clean test accuracy by (attack, defense), from the grids of the available attacks."""
     return run_grids(evidence, GRIDS)
-
-
-def won_back(acc, attack: str, defense: str) -> tuple[float, float]:
-    """(accuracy the attack took from the no-defense victim, accuracy the defense won back)."""
-    taken = acc["clean", "none"] - acc[attack, "none"]
-    return taken, acc[attack, defense] - acc[attack, "none"]
 
 
 @pytest.mark.parametrize("attack", ["classwise-noise", "em-classwise"])

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import attack_unavailable, run_grids, skip_unless_available
+from conftest import attack_unavailable, run_grids, skip_unless_available, won_back
 
 pytestmark = pytest.mark.slow
 
@@ -49,11 +49,6 @@ def acc(evidence):
 @pytest.fixture(scope="module")
 def contrastive_acc(evidence):
     return evidence(["aue", "aap"], ["none"], overrides={"protocol": "contrastive"})
-
-
-def won_back(acc, attack: str, defense: str) -> tuple[float, float]:
-    taken = acc["clean", "none"] - acc[attack, "none"]
-    return taken, acc[attack, defense] - acc[attack, "none"]
 
 
 @pytest.mark.parametrize("augmentation", ["cutout", "mixup", "cutmix"])

@@ -16,10 +16,10 @@ import torch.nn.functional as F
 from conftest import tiny_images
 from uebench.attacks.aap import AAP
 from uebench.attacks.aue import AUE
+from uebench.models import create_model
 from uebench.toolkit.augment import AugmentedTraining, strength_augmentation
 from uebench.toolkit.perturb import batches, pgd
 from uebench.toolkit.surrogate import trained_surrogate
-from uebench.models import create_model
 from uebench.train import TrainConfig, train_supervised
 
 EPS = 8 / 255
