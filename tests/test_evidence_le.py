@@ -15,9 +15,10 @@ defenses/le.py): clean under LE 71.9 %, under AVATAR 65.1 %; EM (the official ex
 71.5 with LE (52 of the 55 points back) and 64.0 with AVATAR (with the signed EM before
 2026-12-01: 21.3 → 64.1 and 60.3); class-wise noise 56.0 → 67.5 with LE (11.5 of 18 points
 back) and 63.7 with AVATAR. All three claims hold at this scale. With 500 times the official strength
-(``guidance_batch=1``, uebench's default before 2026-12) they did not: EM 51.9 and
-class-wise noise 62.3 with LE, so LE lost to AVATAR on EM and won back only a third of
-class-wise noise; that guidance pulled the chain back towards x_ue and kept 44 % of EM's δ
+(``guidance_batch=1``, uebench's default before 2026-12) they did not in 2026-11: EM (the
+signed export of then) 51.9 and class-wise noise 62.3 with LE, so LE lost to AVATAR on EM and
+won back only a third of class-wise noise (on today's EM the strong pull gives 70.3; the side
+runs under leaderboard/side-runs/le-strong, checked by the last test here); that guidance pulled the chain back towards x_ue and kept 44 % of EM's δ
 and 92 % of class-wise noise (the linear share of δ that survives, measured on 250
 protected images), against 32 % and 82 % unguided.
 
@@ -88,7 +89,9 @@ def test_the_official_strength_keeps_no_more_of_the_poison_than_the_strong_pull(
     skip_unless_available(attack)
     from uebench.records import read_record
     official = evidence_records([attack], ["le"])[(attack, "le")]
-    [path] = STRONG_PULL.glob(f"*/{official.table.id}/{attack}/le@*/seed0.json")
+    paths = list(STRONG_PULL.glob(f"*/{official.table.id}/{attack}/le@*/seed0.json"))
+    assert len(paths) == 1, f"expected one side-run record of {attack} under {STRONG_PULL}, found {paths}"
+    path = paths[0]
     strong = read_record(path)
     assert strong is not None and strong.status == "ok", f"unreadable side-run record {path}"
     # the same poison and the same LE but for the strength: otherwise the comparison says nothing
