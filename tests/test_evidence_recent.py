@@ -11,12 +11,14 @@ acc(attack, defense) − acc(attack, none) ≥ ½ · (acc(clean, none) − acc(a
 - AUE and AAP (Wang et al., NeurIPS 2024): one supervised optimisation makes the data unlearnable
   for a supervised and a contrastive learner at once.
 - D-VAE (Yu et al., ICML 2024) and ECLIPSE (Wang et al., ESORICS 2024): purification, from the
-  poisoned data alone (D-VAE) or from 2,000 clean images (ECLIPSE), wins back what EM takes.
+  poisoned data alone (D-VAE) or from 2,000 clean images (ECLIPSE), removes the poison (D-VAE, on
+  every supervised row) and wins back what EM takes (ECLIPSE).
 
 Measured (seed 0, committed table; clean 74.2 %): conv-blur 27.3, under cutout / mixup / cutmix
 25.2 / 31.9 / 30.1, under COIN 47.6 (clean under COIN 58.1; the best cheap defense, UEraser-Lite,
 34.1); AUE 34.2 and AAP 34.0 without a defense; EM 19.4 → 69.1 under ECLIPSE and → 41.9 under D-VAE
-(clean under D-VAE 38.9: at the `cpu` preset's small VAE the purification itself costs 35 points);
+(clean under D-VAE 38.9: at the `cpu` preset's small VAE the purification itself costs 35 points; the
+other rows under D-VAE in `DVAE_ROWS` and `DVAE_MISSES`);
 contrastive protocol: clean 47.6, AAP 40.1, AUE 45.3.
 A claim that does not hold at this scale is a strict expected failure with its numbers, so it turns
 red the day it starts to hold.
@@ -30,10 +32,15 @@ from conftest import attack_unavailable, run_grids, skip_unless_available, won_b
 pytestmark = pytest.mark.slow
 
 CHEAP = ["cutout", "mixup", "cutmix", "bdr", "gaussian", "median", "iss-gray", "iss-jpeg", "ueraser-lite"]
+# D-VAE on every supervised row: the poisons its purified images keep no more of than clean images keep
+# of themselves (measured: 40.5–45.5 against clean under D-VAE 38.9), and the ones they keep more of.
+DVAE_ROWS = ["em", "tap", "ar", "ops", "lsp", "em-classwise", "classwise-noise"]
+DVAE_MISSES = {"aue": 35.4, "aap": 33.1, "conv-blur": 24.9}
 GRIDS = [                       # (attacks, defenses); the runner adds the clean row and "none"
     (["conv-blur"], CHEAP + ["coin"]),
     (["aue", "aap"], ["none"]),
-    (["em"], ["d-vae", "eclipse"]),
+    (["em"], ["eclipse"]),
+    (DVAE_ROWS + list(DVAE_MISSES), ["d-vae"]),
 ]
 
 
@@ -99,12 +106,17 @@ def test_eclipse_wins_back_half_of_em(acc):
     assert back >= taken / 2, f"eclipse won back {back:.3f} of the {taken:.3f} em took"
 
 
-def test_dvae_removes_what_em_adds(acc):
-    """Trained on the poisons alone, D-VAE leaves EM's images as learnable as clean images it
-    purifies: measured, EM under D-VAE 41.9 against clean under D-VAE 38.9."""
-    skip_unless_available("em")
-    assert acc["em", "d-vae"] >= acc["clean", "d-vae"] - 0.03, (
-        f"em under d-vae {acc['em', 'd-vae']:.3f} vs clean under d-vae {acc['clean', 'd-vae']:.3f}")
+@pytest.mark.parametrize("attack", DVAE_ROWS + [
+    pytest.param(attack, marks=pytest.mark.xfail(strict=True, reason=(
+        f"not at the cpu preset: {attack} under D-VAE {measured} against clean under D-VAE 38.9"
+        + (" (a blur is no additive noise for the VAE to drop)" if attack == "conv-blur" else ""))))
+    for attack, measured in DVAE_MISSES.items()])
+def test_dvae_removes_the_poison(acc, attack):
+    """Trained on the poisons alone, D-VAE leaves a poison's images as learnable as the clean images
+    it purifies (within 3 points): measured, EM 41.9, TAP 43.5, AR 40.5, OPS 45.5 against clean 38.9."""
+    skip_unless_available(attack)
+    assert acc[attack, "d-vae"] >= acc["clean", "d-vae"] - 0.03, (
+        f"{attack} under d-vae {acc[attack, 'd-vae']:.3f} vs clean under d-vae {acc['clean', 'd-vae']:.3f}")
 
 
 @pytest.mark.xfail(strict=True, reason="not at the cpu preset: D-VAE costs clean data 35 points (74.2 → 38.9), "
