@@ -59,7 +59,13 @@ class COIN(Defense):
     where the official code, written for 32-px CIFAR, uses 2 px whatever the size; the same at
     32 px. The displacements come from torch's generator (seeded by the trainer), on the device,
     per batch; the official code draws them from numpy's global generator in its data loader's
-    workers. The paper evaluates COIN on convolution-based UEs; here it runs on every row.
+    workers. The sample coordinates are built in float32 on the device, where the official code
+    adds the float32 displacement to the integer grid in float64: a point a hair past the last
+    row or column (6 + 1.0000001 on an 8-px image) is wrapped to the first one officially and
+    kept on the last one here. Measured against the official code on 500 CIFAR-10 images: one
+    pixel in 512,000 at severity 7, none at severity 4; and float32 interpolation puts 0.05 % of
+    values one uint8 level from the official float64 result (``tests/defenses/test_coin.py``).
+    The paper evaluates COIN on convolution-based UEs; here it runs on every row.
     """
 
     name = "coin"
