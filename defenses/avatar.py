@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
-from uebench.toolkit.diffusion import DIFFUSION_PRESETS, DiffusionModel, DiffusionPurification
+from uebench.toolkit.sampling import DIFFUSION_PRESETS, DiffusionModel, DiffusionPurification
 
 
 @dataclass

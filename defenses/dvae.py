@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from uebench.api import Defense
 from uebench.models import BasicBlock
-from uebench.toolkit.perturb import batch_stream, batches
+from uebench.train import batch_stream, batches
 
 
 def decoder(width: int, out_channels: int, squash: bool) -> nn.Sequential:

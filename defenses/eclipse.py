@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from uebench.toolkit.diffusion import DIFFUSION_PRESETS, DiffusionModel, DiffusionPurification, make_scheduler
+from uebench.toolkit.sampling import DIFFUSION_PRESETS, DiffusionModel, DiffusionPurification, make_scheduler
 from uebench.toolkit.images import to_uint8
 
 OFFICIAL_T_STAR, OFFICIAL_STEPS = 100, 4000     # t* on the official cosine schedule of 4,000 steps

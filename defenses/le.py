@@ -7,7 +7,7 @@ from typing import Callable
 
 import torch
 
-from uebench.toolkit.diffusion import DIFFUSION_PRESETS, DiffusionModel, DiffusionPurification
+from uebench.toolkit.sampling import DIFFUSION_PRESETS, DiffusionModel, DiffusionPurification
 
 
 # The official guidance scale was set for mean distances over 32×32×3 values; a mean over

@@ -65,7 +65,8 @@ def reference():
 
 def random_model(channels=3, size=16, seed=0):
     """A tiny untrained ε-network with the DDPM schedule (enough for the schedule algebra)."""
-    from uebench.toolkit.diffusion import CONFIGS, DiffusionModel, make_unet
+    from uebench.toolkit.diffusion import CONFIGS, make_unet
+    from uebench.toolkit.sampling import DiffusionModel
     torch.manual_seed(seed)
     config = CONFIGS["tiny"]
     return DiffusionModel(make_unet(config, channels, size), config, (size, size))
@@ -75,7 +76,7 @@ def random_model(channels=3, size=16, seed=0):
 def _fresh_diffusion_models():
     """Every test starts without diffusion models kept in memory by an earlier one."""
     import sys
-    diffusion = sys.modules.get("uebench.toolkit.diffusion")
+    diffusion = sys.modules.get("uebench.toolkit.sampling")   # the loader keeps them
     if diffusion is not None:
         diffusion._LOADED.clear()
     yield

@@ -56,7 +56,8 @@ def test_uebench_plan_prints_the_estimate_from_a_benchmark_file(reference, tmp_p
                             for name in ("train-smallcnn", "pgd-smallcnn", "train-resnet18", "pgd-resnet18")]}
     (tmp_path / "leaderboard" / "throughputs").mkdir(parents=True)
     (tmp_path / "leaderboard" / "throughputs" / "cpu.json").write_text(json.dumps(bench))
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("uebench.cost.PROJECT", tmp_path)       # a checkout of uebench without a `cpu` table
+    monkeypatch.setattr("uebench.cost.THROUGHPUTS", tmp_path / "leaderboard" / "throughputs")
     assert load_throughputs(tmp_path / "leaderboard" / "throughputs" / "cpu.json").rate("pgd", "resnet18") == 50.0
     argv = ["plan", "--preset", "smoke", "--attacks", "random-noise,classwise-noise", "--defenses", "iss-gray",
             "--results-dir", str(results), "--device", "cpu", "--model", "resnet18",

@@ -41,7 +41,7 @@ def test_code_fingerprint_follows_the_source_file(tmp_path, monkeypatch):
 def test_shared_caches_are_keyed_by_code(ctx, monkeypatch):
     """ctx.cached (surrogates, UCL, the perceptual network) and the diffusion models."""
     from uebench import context
-    from uebench.toolkit import diffusion
+    from uebench.toolkit import diffusion, sampling
     diffusion_code = context.code_fingerprint(diffusion.train_diffusion)
     built = []
     build = lambda: built.append(1) or len(built)       # noqa: E731
@@ -58,9 +58,9 @@ def test_shared_caches_are_keyed_by_code(ctx, monkeypatch):
         keys.append(key)
         raise Seen
 
-    monkeypatch.setattr(diffusion, "content_key", capture)
+    monkeypatch.setattr(sampling, "content_key", capture)
     with pytest.raises(Seen):
-        diffusion.diffusion_model((torch.rand(4, 3, 16, 16), torch.zeros(4)), "tiny", ctx)
+        sampling.diffusion_model((torch.rand(4, 3, 16, 16), torch.zeros(4)), "tiny", ctx)
     assert keys[0]["code"] == diffusion_code
 
 

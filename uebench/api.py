@@ -22,11 +22,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 import torch.nn.functional as F
 
+from uebench.protocols import PROTOCOLS as _REGISTERED
+
 if TYPE_CHECKING:  # imported for type hints only, to keep plugin import light
     from uebench.context import Context
 
 NORMS = ("linf", "l2", "l0", "conv", "none")
-PROTOCOLS = ("supervised", "contrastive")
+PROTOCOLS = tuple(_REGISTERED)   # the protocols' names (uebench.protocols): a defense applies to all by default
 
 
 @dataclass(frozen=True)

@@ -18,13 +18,14 @@ from uebench.api import Attack, Defense, ThreatModel, hparams
 from uebench.budget import check_budget, declared_threat_model, measured_budget
 from uebench.claims import Claim
 from uebench.data import Dataset, Splits, to_tensor
-from uebench.job import Job, make_context, setup_worker, worker_data
+from uebench.guard import TaskTimeout, method_code
+from uebench.job import Job, make_context, setup_worker, test_split, worker_data
 from uebench.plan import Cell, ConfiguredMethod, finished_as
 from uebench.poisons import make_poison
+from uebench.protocols import get_protocol
 from uebench.records import (AttackInfo, DefenseInfo, Metrics, Record, TableInfo, ThreatModelInfo, git_commit,
                              read_record, write_record)
 from uebench import __version__
-from uebench.train import accuracy
 
 FIGURE = "examples.png"
 
@@ -44,12 +45,22 @@ def prepare_defense(job: Job, defense: ConfiguredMethod, seed: int) -> None:
     defense.instance.prepare(reference, make_context(job, dataset, seed))
 
 
-def run_cell(job: Job, cell: Cell, upstream_error: str | None = None) -> Record | Claimed:
+@dataclass(frozen=True)
+class Unwritable:
+    """A cell's result when its claim or record cannot be written (the results folder was made
+    read-only or removed during the run): the run stops, the finished cells stay."""
+    reason: str
+
+
+def run_cell(job: Job, cell: Cell, upstream_error: str | None = None) -> Record | Claimed | Unwritable:
     """Run one cell under its claim and return its record; when another process holds the
     cell, return :class:`Claimed` instead (nothing is written)."""
     path = cell.path(job.table_dir)
     claim = Claim(path)
-    holder = claim.acquire()
+    try:
+        holder = claim.acquire()
+    except OSError as err:
+        return Unwritable(f"{path.parent}: {err.strerror or err}")
     if holder is not None:
         return Claimed(holder)
     try:
@@ -68,7 +79,7 @@ def failed_record(cell: Cell, error: str) -> Record:
                   defense=DefenseInfo(cell.defense.name, cell.defense.folder))
 
 
-def compute_cell(job: Job, cell: Cell, upstream_error: str | None = None) -> Record:
+def compute_cell(job: Job, cell: Cell, upstream_error: str | None = None) -> Record | Unwritable:
     """Run one cell and write its record. Never raises: a failure becomes the record."""
     start = time.perf_counter()
     record = failed_record(cell, error=None)     # who the cell is, even if describing it fails
@@ -77,46 +88,57 @@ def compute_cell(job: Job, cell: Cell, upstream_error: str | None = None) -> Rec
         setup_worker(job)
         dataset, splits = worker_data(job)
         record = describe_cell(job, cell, dataset, splits)
-        defense: Defense = cell.defense.instance
-        if job.config.protocol not in defense.protocols:
-            record.status = "not-applicable"
-            record.error = f"{cell.defense.name} changes {'/'.join(defense.protocols)} training only"
-            return finish(path, record, start)
-        if upstream_error:
-            raise RuntimeError(upstream_error)
-        x_clean = to_tensor(dataset.x_train[splits.protected])
-        y = torch.from_numpy(dataset.y_train[splits.protected])
-        x = x_clean
-        if cell.attack.instance is not None:
-            entry = make_poison(job, cell.attack, cell.seed)
-            x = entry["x"]
-            record.timing["poison_s"] = round(entry["seconds"], 2)
-            record.notes["attack"] = entry["notes"]
-            threat = declared_threat_model(cell.attack.instance, dataset.image_shape)
-            check_budget(x_clean, x, threat)
-            record.budget = measured_budget(x_clean, x, threat)
-            if record.budget["linf_max"] == 0:
-                record.warnings.append(f"the poison of {cell.attack.name} equals the clean images (L∞ 0): "
-                                       f"this row measures clean data")
-        reference = (to_tensor(dataset.x_train[splits.reference]), torch.from_numpy(dataset.y_train[splits.reference]))
-        ctx = make_context(job, dataset, cell.seed, artifact_dir=path.with_suffix(""))
-        torch.manual_seed(cell.seed)
-        fit_start = time.perf_counter()
-        model = defense.fit(x, y, reference, ctx)
-        record.timing["fit_s"] = round(time.perf_counter() - fit_start, 2)
-        transform = defense.transform_test if defense.transforms_test else None
-        x_test, y_test = to_tensor(dataset.x_test), torch.from_numpy(dataset.y_test)
-        record.metrics = Metrics(test_acc=accuracy(model, x_test, y_test, transform=transform),
-                                 train_acc=accuracy(model, x, y), n_test=len(y_test), n_train=len(y))
-        if ctx.previews:
-            ctx.notes["figure"] = save_figure(path.with_suffix(""), [x_clean, x, *ctx.previews.values()])
-        record.notes["defense"] = dict(ctx.notes)
-        record.status = "ok"
-    except Exception as err:  # the cell fails, the run goes on
+        with method_code(job.plan_spec.cell_timeout):
+            _compute(job, cell, dataset, splits, record, upstream_error)
+    except (Exception, TaskTimeout) as err:  # the cell fails, the run goes on
         record.status = "failed"
         record.error = f"{type(err).__name__}: {err}".splitlines()[0][:500]
         record.traceback = traceback.format_exc()[-4000:]
     return finish(path, record, start)
+
+
+def _compute(job: Job, cell: Cell, dataset: Dataset, splits: Splits, record: Record,
+             upstream_error: str | None) -> None:
+    """The cell's work: poison, defense, evaluation, written into ``record``."""
+    path = cell.path(job.table_dir)
+    defense: Defense = cell.defense.instance
+    if job.config.protocol not in defense.protocols:
+        record.status = "not-applicable"
+        record.error = f"{cell.defense.name} changes {'/'.join(defense.protocols)} training only"
+        return
+    if upstream_error:
+        raise RuntimeError(upstream_error)
+    x_clean = to_tensor(dataset.x_train[splits.protected])
+    y = torch.from_numpy(dataset.y_train[splits.protected])
+    x = x_clean
+    if cell.attack.instance is not None:
+        entry = make_poison(job, cell.attack, cell.seed)
+        x = entry["x"]
+        record.timing["poison_s"] = round(entry["seconds"], 2)
+        record.notes["attack"] = entry["notes"]
+        threat = declared_threat_model(cell.attack.instance, dataset.image_shape)
+        check_budget(x_clean, x, threat)
+        record.budget = measured_budget(x_clean, x, threat)
+        if record.budget["linf_max"] == 0:
+            record.warnings.append(f"the poison of {cell.attack.name} equals the clean images (L∞ 0): "
+                                   f"this row measures clean data")
+    reference = (to_tensor(dataset.x_train[splits.reference]), torch.from_numpy(dataset.y_train[splits.reference]))
+    ctx = make_context(job, dataset, cell.seed, artifact_dir=path.with_suffix(""))
+    torch.manual_seed(cell.seed)
+    fit_start = time.perf_counter()
+    # the defense gets copies: one that changes its input in place cannot change what the
+    # cell measures its training accuracy on
+    model = defense.fit(x.clone(), y.clone(), (reference[0].clone(), reference[1].clone()), ctx)
+    record.timing["fit_s"] = round(time.perf_counter() - fit_start, 2)
+    transform = defense.transform_test if defense.transforms_test else None
+    x_test, y_test = test_split(job)          # read only now, after the defense's code has run
+    protocol = get_protocol(job.config.protocol)   # what the cell measures
+    record.metrics = Metrics(test_acc=protocol.evaluate(model, x_test, y_test, transform=transform),
+                             train_acc=protocol.evaluate(model, x, y), n_test=len(y_test), n_train=len(y))
+    if ctx.previews:
+        ctx.notes["figure"] = save_figure(path.with_suffix(""), [x_clean, x, *ctx.previews.values()])
+    record.notes["defense"] = dict(ctx.notes)
+    record.status = "ok"
 
 
 def save_figure(folder: Path, rows: list[torch.Tensor]) -> str:
@@ -129,13 +151,13 @@ def save_figure(folder: Path, rows: list[torch.Tensor]) -> str:
     return FIGURE
 
 
-def finish(path: Path, record: Record, start: float) -> Record:
+def finish(path: Path, record: Record, start: float) -> Record | Unwritable:
     record.timing["cell_s"] = round(time.perf_counter() - start, 2)
     record.finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
     try:
         write_record(path, record)
     except OSError as err:
-        record.status, record.error = "failed", f"could not write record {path}: {err}"
+        return Unwritable(f"{path}: {err.strerror or err}")
     return record
 
 
@@ -151,8 +173,8 @@ def describe_cell(job: Job, cell: Cell, dataset: Dataset, splits: Splits) -> Rec
         table=TableInfo(id=job.table_dir.name, preset=cfg.preset, protocol=cfg.protocol, model=cfg.model,
                         dataset={**dataset.identity(), "source": dataset.source}, train=cfg.train.as_dict(),
                         split={"n_protected": len(splits.protected), "n_reference": len(splits.reference),
-                               "n_test": len(dataset.y_test), "split_seed": cfg.split_seed},
-                        contrastive=cfg.contrastive if cfg.protocol == "contrastive" else {}),
+                               "n_test": dataset.n_test, "split_seed": cfg.split_seed},
+                        contrastive=get_protocol(cfg.protocol).settings(cfg)),
         attack=AttackInfo(name=cell.attack.name, folder=cell.attack.folder,
                           hparams=hparams(attack) if attack else {}, code=cell.attack.code,
                           threat_model=ThreatModelInfo(threat.norm, threat.eps, str(threat)),

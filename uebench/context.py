@@ -14,8 +14,9 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from uebench.models import create_model
+from uebench.protocols import get_protocol
 from uebench.storage import code_fingerprint, content_key, write_atomic
-from uebench.train import TrainConfig, train_supervised
+from uebench.train import TrainConfig
 
 T = TypeVar("T")
 
@@ -28,7 +29,7 @@ class Context:
     image_shape: tuple[int, int, int]          # (C, H, W)
     model: str = "smallcnn"                    # victim (and default surrogate) architecture
     train: TrainConfig = field(default_factory=TrainConfig)
-    protocol: str = "supervised"               # supervised | contrastive
+    protocol: str = "supervised"               # a name in uebench.protocols.PROTOCOLS
     contrastive: dict = field(default_factory=dict)  # the table's SimCLR settings (contrastive protocol)
     dataset: dict = field(default_factory=dict)  # the dataset's identity, for cache keys
     cache_dir: Path | None = None
@@ -56,15 +57,11 @@ class Context:
 
     def train_classifier(self, x: torch.Tensor, y: torch.Tensor, defense=None,
                          arch: str | None = None, **overrides) -> nn.Module:
-        """Train a classifier with the table's protocol; ``overrides`` change TrainConfig fields."""
+        """Train a classifier with the table's protocol (:mod:`uebench.protocols`); ``overrides``
+        change TrainConfig fields (the supervised recipe's)."""
         cfg = replace(self.train, **overrides)
-        if self.protocol == "contrastive":
-            from uebench.toolkit.contrastive import train_contrastive  # the contrastive protocol (SimCLR + probe)
-            return train_contrastive(x, y, self, defense=defense, arch=arch)
-        torch.manual_seed(self.seed)       # the initial weights depend on the seed only
-        model = self.make_model(arch)
-        return train_supervised(model, x, y, cfg, self.device, self.seed, defense,
-                                progress=lambda **kw: self.pbar(**kw))
+        ctx = replace(self, train=cfg) if overrides else self
+        return get_protocol(self.protocol).train(x, y, ctx, defense=defense, arch=arch)
 
     def cached(self, key: dict, build: Callable[[], T], name: str = "object") -> T:
         """Return ``build()``, stored on disk under a hash of ``key`` and reused afterwards.
@@ -75,13 +72,21 @@ class Context:
         """
         full_key = {"key": key, "dataset": self.dataset, "seed": self.seed, "code": code_fingerprint(build)}
         if self.cache_dir is None:
-            return build()
+            return self._build(build)
         path = Path(self.cache_dir) / name / f"{content_key(full_key)}.pt"
         if path.exists():
             try:
                 return torch.load(path, map_location="cpu", weights_only=False)["value"]
             except Exception:  # a corrupt cache entry is rebuilt, never trusted
                 path.unlink(missing_ok=True)
-        value = build()
+        value = self._build(build)
         write_atomic(path, lambda tmp: torch.save({"key": full_key, "value": value}, tmp))
         return value
+
+    def _build(self, build: Callable[[], T]) -> T:
+        """``build()`` with torch's global generators put back afterwards: building draws from
+        them and loading does not, so what the caller draws next must not depend on whether
+        the cache held the entry (a cold and a warm cache make the same poison)."""
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            return build()

@@ -20,13 +20,18 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from uebench.leaderboard import collect
+from uebench.leaderboard import collect, shown_path
 from uebench.plan import CLEAN, Plan
 from uebench.records import Record
 from uebench.registry import UserError
+
+
+PROJECT = Path(__file__).resolve().parents[1]           # uebench's source tree (the checkout it runs from)
+THROUGHPUTS = PROJECT / "leaderboard" / "throughputs"   # measured images/s per device kind, committed
 
 
 @dataclass
@@ -68,11 +73,58 @@ class Estimate:
         return (self.poison_s + self.cells_s) / 3600
 
 
+def find_reference(folders: list[Path], table_id: str | None, protocol: str | None = None
+                   ) -> tuple[Path, list[Record]] | None:
+    """The folder and finished records of table ``table_id`` (None: a `cpu` table of ``protocol``),
+    from the first of ``folders`` that has it."""
+    for folder in folders:
+        for (_, found), entries in collect(Path(folder))[0].items():
+            table = entries[0][1].table
+            if found == table_id or (table_id is None and table.preset == "cpu" and table.protocol == protocol):
+                return Path(folder), [r for _, r in entries if r.status == "ok"]
+    return None
+
+
 def reference_records(results_dir: Path, table_id: str) -> list[Record]:
-    for (_, found), entries in collect(Path(results_dir))[0].items():
-        if found == table_id:
-            return [r for _, r in entries if r.status == "ok"]
-    raise UserError(f"no reference table {table_id!r} under {results_dir}; pass --reference-table")
+    found = find_reference([results_dir], table_id)
+    if found is None:
+        raise UserError(f"no reference table {table_id!r} under {results_dir}; pass --reference-table")
+    return found[1]
+
+
+def report(plan: Plan, device_kind: str, throughputs: Path | None, table_id: str | None, results_dir: Path) -> None:
+    """Say on stderr what ``plan`` builds and its predicted device time: this device's throughputs
+    (``throughputs``, else THROUGHPUTS/<kind>.json) against those of the reference table's machine,
+    that table (``table_id``, else the `cpu` table of the plan's protocol) read from ``results_dir``,
+    else from the project's own results/, so ``uebench plan`` prices a grid from any folder."""
+    def say(text: str) -> None:
+        print(f"uebench: {text}", file=sys.stderr)
+
+    shared = {defense.folder for defense, _ in plan.shared_models()}
+    say(f"to build: {len({attack.folder for attack, _ in plan.poison_sets()})} poison set(s), {len(shared)} shared "
+        f"model(s) ({', '.join(sorted(shared)) or 'none'}), {len(plan.pending)} cell(s)")
+    here, reference_file = Path(throughputs or THROUGHPUTS / f"{device_kind}.json"), THROUGHPUTS / "cpu.json"
+    missing = next((f for f in (here, reference_file) if not f.exists()), None)
+    if missing:
+        say(f"no cost estimate: {missing} is missing (measure with tests/benchmarks/test_bench_device.py; "
+            f"see README, 'The gpu table')")
+        return
+    found = find_reference(list(dict.fromkeys([Path(results_dir), PROJECT / "results"])), table_id,
+                           plan.config.protocol)
+    if found is None:
+        if table_id:
+            raise UserError(f"no reference table {table_id!r} under {results_dir} or {PROJECT / 'results'}")
+        say("no cost estimate: no `cpu` table to scale from under the results folder or the project's results/ "
+            "(pass --reference-table)")
+        return
+    rates = load_throughputs(here)
+    cost = estimate(plan, found[1], load_throughputs(reference_file), rates)
+    say(f"predicted {cost.total_h:.1f} device-hours on {rates.device} (poison sets {cost.poison_s / 3600:.1f} h, "
+        f"cells {cost.cells_s / 3600:.1f} h), scaled from {cost.reference} in {shown_path(found[0])}/; "
+        f"each method at its reference settings")
+    if cost.unknown or shared:
+        say(f"not in the estimate (no reference timing): "
+            f"{', '.join(cost.unknown + [f'shared model {d}' for d in sorted(shared)])}")
 
 
 def estimate(plan: Plan, reference: list[Record], reference_rates: Throughputs, rates: Throughputs) -> Estimate:

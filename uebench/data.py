@@ -12,6 +12,7 @@ Specs: ``digits`` (scikit-learn's bundled 8×8 digits, offline), ``fashion-mnist
 """
 from __future__ import annotations
 
+import copy
 import gzip
 import hashlib
 import os
@@ -21,12 +22,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from uebench.registry import UserError
+from uebench.registry import UserError, did_you_mean, safe_segment
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 TORCHVISION_SETS = {"cifar10": "CIFAR10", "cifar100": "CIFAR100", "svhn": "SVHN", "fashion-mnist": "FashionMNIST"}
 DATASETS = ("digits", "fashion-mnist", "cifar10", "cifar100", "svhn", "npz:PATH", "imagefolder:PATH")
 MAX_CLASSES = 1000     # ImageNet's count; a larger label is a mistake (it would allocate a class per number)
+
+
+class DataNotFound(UserError):
+    """A torchvision set is not on disk (``uebench plan`` can still price it from KNOWN_SIZES)."""
 
 
 @dataclass
@@ -39,8 +44,12 @@ class Dataset:
     classes: list[str]
     source: str = ""
     fingerprint: str = field(default="", init=False)
+    n_test: int = field(default=0, init=False)   # kept when the test images are left out
 
     def __post_init__(self):
+        if not safe_segment(self.name):          # it names a folder of the results
+            raise UserError(f"dataset name {self.name!r} may hold only letters, digits, '-', '_' and '.' (it names "
+                            f"a results folder); rename the file or folder it is read from")
         for split in ("train", "test"):
             x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
             if x.ndim == 3:                                   # grayscale NHW -> NHW1
@@ -51,8 +60,9 @@ class Dataset:
             if len(x) != len(y):
                 raise UserError(f"{self.name}: x_{split} has {len(x)} images but y_{split} {len(y)} labels")
             setattr(self, f"y_{split}", y)
-        if not len(self.y_train):
-            raise UserError(f"{self.name}: the training split is empty")
+        for split in ("train", "test"):
+            if not len(getattr(self, f"y_{split}")):
+                raise UserError(f"{self.name}: the {split} split is empty; a table needs {split} images")
         if self.x_train.shape[1:] != self.x_test.shape[1:]:
             raise UserError(f"{self.name}: train images {self.x_train.shape[1:]} and test images "
                             f"{self.x_test.shape[1:]} differ in shape")
@@ -68,15 +78,30 @@ class Dataset:
         for a in (self.x_train, self.y_train, self.x_test, self.y_test):
             digest.update(np.ascontiguousarray(a).tobytes())
         self.fingerprint = digest.hexdigest()[:16]
+        self.n_test = len(self.y_test)
 
-    def check_every_class_trained(self) -> None:
+    def without_test(self) -> "Dataset":
+        """This dataset without its test images (same identity): what a worker keeps while a
+        method runs, so no object a method can reach holds the test set (see ``job.test_split``)."""
+        part = copy.copy(self)
+        # fresh empty arrays: a slice would be a view that keeps the whole test set alive
+        part.x_test = np.empty((0, *self.x_test.shape[1:]), self.x_test.dtype)
+        part.y_test = np.empty(0, self.y_test.dtype)
+        return part
+
+    def check_every_class_trained(self, protected: np.ndarray | None = None) -> None:
         """A table needs training images of every class: a class never trained on makes every
-        accuracy meaningless (a single-class set scores 100 %)."""
-        missing = sorted(set(range(self.num_classes)) - set(np.unique(self.y_train).tolist()))
+        accuracy meaningless (a single-class set scores 100 %). With ``protected`` (indices of
+        the split the victims train on), in that split: the reference split, carved first, can
+        take every image of a rare class."""
+        labels = self.y_train if protected is None else self.y_train[protected]
+        missing = sorted(set(range(self.num_classes)) - set(np.unique(labels).tolist()))
         if missing:
             shown = ", ".join(map(str, missing[:10])) + (", ..." if len(missing) > 10 else "")
-            raise UserError(f"{self.name}: no training image of class {shown} (of 0..{self.num_classes - 1}); "
-                            f"every class needs training images")
+            which, fix = ("training", "training images") if protected is None else \
+                ("protected", "protected images: lower --n-reference or raise --n-protected")
+            raise UserError(f"{self.name}: no {which} image of class {shown} (of 0..{self.num_classes - 1}); "
+                            f"every class needs {fix}")
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -91,7 +116,7 @@ class Dataset:
         """What identifies this data in table ids and cache keys: its content, never where it
         was read from (a clone elsewhere, or CI, must find the same tables and caches)."""
         return {"name": self.name, "fingerprint": self.fingerprint,
-                "n_train": len(self.y_train), "n_test": len(self.y_test), "shape": list(self.image_shape)}
+                "n_train": len(self.y_train), "n_test": self.n_test, "shape": list(self.image_shape)}
 
 
 def check_images(name: str, split: str, x: np.ndarray) -> None:
@@ -152,10 +177,8 @@ def load_dataset(spec: str, root: str | os.PathLike | None = None, download: boo
     elif spec in TORCHVISION_SETS:
         ds = _torchvision(spec, root, download)
     else:
-        import difflib
-        close = difflib.get_close_matches(spec, [d.split(":")[0] for d in DATASETS], n=1)
-        hint = f"did you mean {close[0]}? " if close else ""
-        raise UserError(f"unknown dataset {spec!r}: {hint}choose one of {', '.join(DATASETS)}")
+        raise UserError(f"unknown dataset {spec!r}: {did_you_mean(spec, [d.split(':')[0] for d in DATASETS])}"
+                        f"choose one of {', '.join(DATASETS)}")
     if train_subset or test_subset:
         ds = _subset(ds, train_subset, test_subset, subset_seed)
     return ds
@@ -233,8 +256,8 @@ def _torchvision(spec: str, root: Path, download: bool) -> Dataset:
             xs = [np.asarray(d.data) for d in (train, test)]
             ys, classes = [np.asarray(d.targets) for d in (train, test)], list(train.classes)
     except RuntimeError as err:  # torchvision: "Dataset not found or corrupted"
-        raise UserError(f"{spec} not found under {root}: pass --download to fetch it (needs network), or "
-                        f"--data-root to where torchvision's files are ({err})") from err
+        raise DataNotFound(f"{spec} not found under {root}: pass --download to fetch it (needs network), or "
+                           f"--data-root to where torchvision's files are ({err})") from err
     except OSError as err:       # download attempted without network
         raise UserError(f"could not download {spec} to {root} ({type(err).__name__}: {err}); "
                         f"without network, copy torchvision's files there or use npz:PATH") from err
@@ -283,9 +306,19 @@ def _subset(ds: Dataset, n_train: int | None, n_test: int | None, seed: int) -> 
     te = stratified_take(ds.y_test, n_test, seed) if n_test and n_test < len(ds.y_test) else slice(None)
     if isinstance(tr, slice) and isinstance(te, slice):
         return ds
-    name = ds.name + (f"-train{n_train}" if not isinstance(tr, slice) else "") + \
-        (f"-test{n_test}" if not isinstance(te, slice) else "")
+    name = subset_name(ds.name, None if isinstance(tr, slice) else n_train, None if isinstance(te, slice) else n_test)
     return Dataset(name, ds.x_train[tr], ds.y_train[tr], ds.x_test[te], ds.y_test[te], ds.classes, ds.source)
+
+
+def subset_name(name: str, n_train: int | None, n_test: int | None) -> str:
+    """The name of a dataset's subset of ``n_train`` / ``n_test`` images (None: the whole split)."""
+    return name + (f"-train{n_train}" if n_train else "") + (f"-test{n_test}" if n_test else "")
+
+
+# The torchvision sets' sizes, for planning before they are downloaded (plan.KnownSizes):
+# (training images, test images, image shape C×H×W, classes).
+KNOWN_SIZES = {"cifar10": (50_000, 10_000, (3, 32, 32), 10), "cifar100": (50_000, 10_000, (3, 32, 32), 100),
+               "svhn": (73_257, 26_032, (3, 32, 32), 10), "fashion-mnist": (60_000, 10_000, (1, 28, 28), 10)}
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ give byte-identical markdown (no timestamps, everything sorted).
 """
 from __future__ import annotations
 
+import html
 import os
 from collections import defaultdict
 from dataclasses import dataclass
@@ -17,7 +18,9 @@ import pandas as pd
 
 from uebench.heatmap import data_key, draw, drawn_from
 from uebench.plan import CLEAN, NONE
+from uebench.protocols import get_protocol
 from uebench.records import Record, RecordError, TableInfo, iter_records
+from uebench.registry import safe_segment
 from uebench.storage import write_atomic
 
 Entry = tuple[str, Record]   # a record and its path relative to the results folder
@@ -27,15 +30,48 @@ def collect(results_dir: Path) -> tuple[dict[tuple[str, str], list[Entry]], list
     """Records grouped by (dataset folder, table id), and the unusable ones with the reason:
     one bad record is reported, never a reason to lose the rest of the table."""
     tables: dict[tuple[str, str], list[Entry]] = defaultdict(list)
-    unreadable = []
+    unreadable, seen = [], set()
     for path, record in iter_records(results_dir):
+        seen.add(path)
         if isinstance(record, RecordError):
             unreadable.append((path, str(record).removeprefix(f"{path}: ")))
         elif record.table is None or record.attack.threat_model is None:   # failed before it was described
             unreadable.append((path, "lacks table" if record.table is None else "lacks attack.threat_model"))
+        elif misplaced := misplaced_reason(path.relative_to(results_dir).as_posix(), record):
+            unreadable.append((path, misplaced))
         else:
             tables[(path.parts[-5], path.parts[-4])].append((path.relative_to(results_dir).as_posix(), record))
-    return dict(sorted(tables.items())), unreadable
+    unreadable += [(path, f"misplaced: not where a record lies ({PLACE})") for path in stray_json(results_dir, seen)]
+    return dict(sorted(tables.items())), sorted(unreadable)
+
+
+PLACE = "DATASET/TABLE/ATTACK/DEFENSE/seedK.json"
+
+
+def misplaced_reason(relpath: str, record: Record) -> str | None:
+    """Why a record cannot be shown where it lies (None: it can): the folders it lies in must be
+    the safe names its content gives (a copy in another cell's folder would be counted twice)."""
+    place = (f"{record.table.dataset.get('name')}/{record.table.id}/{record.attack.folder}/"
+             f"{record.defense.folder}/seed{record.seed}.json")
+    if not all(safe_segment(part) for part in place.split("/")):
+        return f"misplaced: its content names {place!r}, which is not a place uebench writes ({PLACE})"
+    return None if relpath == place else f"misplaced: its content belongs at {place}; move it there or delete it"
+
+
+def stray_json(results_dir: Path, seen: set[Path]) -> list[Path]:
+    """JSON files under ``results_dir`` that are no record's (outside hidden folders such as .cache
+    and the cells' own folders of figures): a record at another depth is said, not skipped."""
+    stray = []
+    for folder, dirs, files in os.walk(results_dir):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and not (Path(folder) / f"{d}.json").is_file()]
+        stray += [Path(folder) / f for f in files if f.endswith(".json") and Path(folder) / f not in seen]
+    return stray
+
+
+def md(text: object) -> str:
+    """``text`` as markdown shows it literally: raw HTML escaped, ``|`` escaped so that a table
+    keeps its columns."""
+    return html.escape(str(text), quote=False).replace("|", "\\|")
 
 
 def _order(names: set[str], first: str) -> list[str]:
@@ -76,15 +112,21 @@ def gather(entries: list[Entry], results_link: str = "../results") -> TableView:
         versions.add(f"{r.uebench_version or '?'} ({(r.git_commit or '?')[:12]})")
         if r.status == "ok":
             scores[key].append(r.metrics.test_acc)
-            figure = (r.notes.get("defense") or {}).get("figure")
+            figure = figure_of(r)
             if figure:
                 fig_path = Path(path).with_suffix("") / figure
                 figures.append(f"[{key[0]} / {key[1]} / seed {r.seed}]({results_link}/{fig_path.as_posix()})")
-    failed = sorted({f"{r.attack.folder} / {r.defense.folder} / seed {r.seed}: {r.error}"
+    failed = sorted({f"{r.attack.folder} / {r.defense.folder} / seed {r.seed}: {md(r.error)}"
                      for r in records if r.status == "failed"})
     return TableView(records[0].table, _order({r.attack.folder for r in records}, CLEAN),
                      _order({r.defense.folder for r in records}, NONE), scores, status, threat, seeds, versions,
                      figures, failed)
+
+
+def figure_of(record: Record) -> str | None:
+    """The file name of the cell's example images, when it saved some (a plain name in its folder)."""
+    figure = (record.notes.get("defense") or {}).get("figure")
+    return figure if safe_segment(figure) else None
 
 
 def accuracy_frame(view: TableView) -> pd.DataFrame:
@@ -99,24 +141,13 @@ def heatmap_name(view: TableView) -> str:
 
 
 def title_of(table: TableInfo) -> str:
-    t = table.train
-    length = (f"{table.contrastive['epochs']} SimCLR epochs" if "epochs" in table.contrastive else "SimCLR") \
-        if table.protocol == "contrastive" else f"{t['epochs']} epochs"
+    length = get_protocol(table.protocol).length(table)
     return f"{table.dataset['name']} · {table.protocol} · {table.model} · {length}"
 
 
 def protocol_text(table: TableInfo) -> str:
-    """How the table's victims were trained, in one sentence (markdown)."""
-    if table.protocol == "contrastive":      # SimCLR, then a linear probe: the supervised recipe is unused
-        return (f"contrastive; a SimCLR encoder `{table.model}` trained without labels on the (defended) "
-                f"training set, then a linear probe on its frozen features with the training labels; settings "
-                f"that differ from the published SimCLR protocol: {table.contrastive or 'none'}; "
-                f"preset `{table.preset}`.")
-    t = table.train
-    return (f"supervised; victim `{table.model}` trained {t['epochs']} epochs, SGD lr {t['lr']} "
-            f"({t['schedule']}), momentum {t['momentum']}{' Nesterov' if t['nesterov'] else ''}, weight decay "
-            f"{t['weight_decay']}, batch {t['batch_size']}, random crop (pad {t['crop_pad']} at 32 px, "
-            f"{t.get('crop_fill', 'reflect')} padding) + flip; preset `{table.preset}`.")
+    """How the table's victims were trained, in one sentence (markdown; the protocol's own words)."""
+    return get_protocol(table.protocol).describe(table)
 
 
 def render_table(entries: list[Entry], results_link: str = "../results") -> str:
@@ -128,31 +159,31 @@ def render_table(entries: list[Entry], results_link: str = "../results") -> str:
     for a in row_names:
         means = {d: np.mean(scores[(a, d)]) for d in col_names if scores[(a, d)]}
         best = max(means.values()) if means and a != CLEAN else None
-        line = {"attack": a, "budget": threat.get(a, "")}
+        line = {"attack": md(a), "budget": md(threat.get(a, ""))}
         for d in col_names:
             if scores[(a, d)]:
                 text = _cell(scores[(a, d)])
                 if len(scores[(a, d)]) < len(seeds):          # some seeds missing or failed
                     text += f" (n={len(scores[(a, d)])})"
-                line[d] = f"**{text}**" if best is not None and len(means) > 1 and means[d] == best else text
+                line[md(d)] = f"**{text}**" if best is not None and len(means) > 1 and means[d] == best else text
             elif "not-applicable" in status[(a, d)]:
-                line[d] = "n/a"
+                line[md(d)] = "n/a"
             elif "failed" in status[(a, d)]:
-                line[d] = "failed"
+                line[md(d)] = "failed"
             else:
-                line[d] = ""
+                line[md(d)] = ""
         body.append(line)
-    df = pd.DataFrame(body, columns=["attack", "budget", *col_names])
+    df = pd.DataFrame(body, columns=["attack", "budget", *map(md, col_names)])
 
     split, ds = table.split, table.dataset
-    protocol = protocol_text(table)
+    protocol = md(protocol_text(table))
     lines = [
-        f"## {title_of(table)} (`{table.id}`)",
+        f"## {md(title_of(table))} (`{table.id}`)",
         "",
         f"- **Protocol**: {protocol}",
         f"- **Data**: `{ds['name']}` ({ds['shape'][1]}×{ds['shape'][2]}×{ds['shape'][0]}); {split['n_protected']} "
         f"protected / {split['n_reference']} clean reference (defenses may use it) / {split['n_test']} test images.",
-        f"- **Metric**: clean test accuracy (%), mean ± std over seeds {', '.join(map(str, sorted(seeds)))}; "
+        f"- **Metric**: {get_protocol(table.protocol).metric} (%), mean ± std over seeds {', '.join(map(str, sorted(seeds)))}; "
         f"(n=k): only k seeds finished; **bold**: best defense per attack; n/a: the defense does not apply to this protocol; "
         f"budget: the attack's declared threat model, checked before training.",
         f"- **uebench**: {', '.join(sorted(view.versions))}.",
@@ -189,7 +220,7 @@ def render(results_dir: Path, results_link: str = "../results") -> str:
         parts.append(render_table(entries, results_link))
     if unreadable:
         parts += ["Unreadable records (left out of the tables; re-run to redo them):", ""]
-        parts += [f"- `{p.relative_to(results_dir).as_posix()}`: {why}" for p, why in unreadable] + [""]
+        parts += [f"- `{p.relative_to(results_dir).as_posix()}`: {md(why)}" for p, why in unreadable] + [""]
     return "\n".join(parts).rstrip() + "\n"
 
 

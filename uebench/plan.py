@@ -8,18 +8,22 @@ cell has now. Nothing here trains or generates anything, so a plan is cheap to m
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from uebench.api import hparams, typed_hparams
 from uebench.budget import budget_warning, declared_threat_model
-from uebench.data import Dataset, Splits, load_dataset, make_splits
+from uebench.data import KNOWN_SIZES, DataNotFound, Dataset, Splits, load_dataset, make_splits, subset_name
 from uebench.presets import TableConfig, table_config
+from uebench.protocols import get_protocol
 from uebench.records import Record, hparams_as_made, read_record
-from uebench.registry import ATTACKS, DEFENSES, UserError, load_plugin
+from uebench.registry import ATTACKS, DEFENSES, UserError, did_you_mean, load_plugin
 from uebench.storage import code_fingerprint, content_key
 
 CLEAN = "clean"   # the row without an attack
@@ -44,8 +48,9 @@ class RunSpec:
     download: bool = False
     device: str = "auto"
     jobs: int | None = None                                       # default: 1, or one per GPU / Ray slot
-    backend: str = "loky"                                         # loky | threading | ray
+    backend: str = "loky"                                         # loky | ray (threading is refused)
     retries: int = 2                                              # reruns of a task whose worker died
+    cell_timeout: float | None = None                             # seconds a task's method code may take
     ray_address: str | None = None                                # None: start a local Ray instance
     force: bool = False
     progress: bool = True
@@ -107,10 +112,10 @@ def params_key(attack_params: dict, defense_params: dict) -> str:
 class Plan:
     spec: RunSpec
     config: TableConfig
-    dataset: Dataset
+    dataset: Dataset | KnownSizes
     splits: Splits
-    table_id: str
-    table_dir: Path
+    table_id: str | None          # None: planned without the data (KnownSizes)
+    table_dir: Path | None
     cells: list[Cell]
     pending: list[Cell]
     corrupt: list[Path] = field(default_factory=list)              # records found truncated or tampered with
@@ -142,6 +147,11 @@ def configure(registry, name: str, preset: str, params: dict) -> ConfiguredMetho
     ``__post_init__`` ranges and, for an attack, that its threat model builds (eps >= 0)."""
     cls = registry.get(name)
     given = ", ".join(f"{k}={v!r}" for k, v in params.items())
+    known = [f.name for f in dataclasses.fields(cls) if f.init]
+    for key in params:
+        if key not in known:
+            raise UserError(f"bad hyperparameters for {registry.kind} {name} ({given}): no hyperparameter {key!r}; "
+                            f"{did_you_mean(key, known)}it has {', '.join(known) or 'none'}")
     try:
         instance = cls.for_preset(preset, **typed_hparams(cls, params))
         if registry.kind == "attack":
@@ -161,14 +171,38 @@ def table_identity(cfg: TableConfig, dataset: Dataset) -> tuple[str, dict]:
     ident = {"dataset": dataset.identity(), "protocol": cfg.protocol, "model": cfg.model,
              "train": cfg.train.as_dict(), "n_reference": cfg.n_reference, "n_protected": cfg.n_protected,
              "split_seed": cfg.split_seed,
-             "contrastive": cfg.contrastive if cfg.protocol == "contrastive" else {}}
+             "contrastive": get_protocol(cfg.protocol).settings(cfg)}
     if cfg.cell_threads is not None:   # absent from the tables made before it was a recipe field
         ident["cell_threads"] = cfg.cell_threads
     return f"{cfg.protocol}-{cfg.model}-{cfg.train.epochs}ep-{content_key(ident)[:6]}", ident
 
 
-def make_plan(spec: RunSpec) -> Plan:
-    """Resolve names, load data, and list the cells, failing early on any bad input."""
+@dataclass
+class KnownSizes:
+    """A torchvision set that is not on disk, described by its published sizes (data.KNOWN_SIZES):
+    enough to plan and price a grid, never to run one. Its labels are a balanced stand-in, so the
+    splits have the sizes a run gives; the table id and the finished cells need the data itself."""
+
+    name: str
+    y_train: np.ndarray
+    image_shape: tuple[int, int, int]
+    source: str = "not on disk: planned from its known sizes"
+
+    @classmethod
+    def of(cls, cfg: TableConfig) -> "KnownSizes":
+        n_train, n_test, shape, k = KNOWN_SIZES[cfg.dataset]
+        take_train = cfg.train_subset if cfg.train_subset and cfg.train_subset < n_train else None
+        take_test = cfg.test_subset if cfg.test_subset and cfg.test_subset < n_test else None
+        return cls(subset_name(cfg.dataset, take_train, take_test), np.arange(take_train or n_train) % k, shape)
+
+    def without_test(self) -> "KnownSizes":
+        return self
+
+
+def make_plan(spec: RunSpec, without_data: bool = False) -> Plan:
+    """Resolve names, load data, and list the cells, failing early on any bad input.
+    ``without_data`` (planning only): a torchvision set not on disk is planned from its known
+    sizes (:class:`KnownSizes`), with every cell pending and no table id."""
     for plugin in spec.plugins:
         load_plugin(plugin)
     overrides = dict(spec.overrides)
@@ -190,23 +224,33 @@ def make_plan(spec: RunSpec) -> Plan:
     defenses = [configure(DEFENSES, d, cfg.preset, spec.defense_params.get(d, {}))
                 for d in dict.fromkeys([NONE] + defense_names)]
 
-    dataset = load_dataset(cfg.dataset, spec.data_root, spec.download, cfg.train_subset, cfg.test_subset,
-                           cfg.split_seed)
-    dataset.check_every_class_trained()
+    try:
+        dataset = load_dataset(cfg.dataset, spec.data_root, spec.download, cfg.train_subset, cfg.test_subset,
+                               cfg.split_seed)
+        dataset.check_every_class_trained()
+    except DataNotFound:
+        if not without_data:
+            raise
+        dataset = KnownSizes.of(cfg)
     need = cfg.n_reference + (cfg.n_protected or 1)
     if need > len(dataset.y_train):
         raise UserError(f"{dataset.name} has {len(dataset.y_train)} training images; the split needs {need} "
                         f"(--n-reference {cfg.n_reference}, --n-protected {cfg.n_protected})")
     splits = make_splits(dataset.y_train, cfg.n_reference, cfg.n_protected, cfg.split_seed)
+    on_disk = isinstance(dataset, Dataset)
+    if on_disk:
+        dataset.check_every_class_trained(splits.protected)
     for attack in attacks[1:]:
         attack.warnings = budget_warnings(attack, dataset.image_shape)
     results_dir = Path(spec.results_dir)
-    check_writable(results_dir)      # makes the folder: only once the input is known to be good
-    table_id, _ = table_identity(cfg, dataset)
-    table_dir = results_dir / dataset.name / table_id
+    if not without_data:             # planning writes nothing
+        check_writable(results_dir)  # makes the folder: only once the input is known to be good
+    table_id = table_identity(cfg, dataset)[0] if on_disk else None
+    table_dir = results_dir / dataset.name / table_id if on_disk else None
     cells = [Cell(a, d, s) for a in attacks for d in defenses for s in cfg.seeds]
-    pending, corrupt = (cells, []) if spec.force else scan_records(cells, table_dir)
-    return Plan(spec, cfg, dataset, splits, table_id, table_dir, cells, pending, corrupt)
+    pending, corrupt = (cells, []) if spec.force or not on_disk else scan_records(cells, table_dir)
+    # the plan outlives the cells the driver runs: it keeps no test image (see job.test_split)
+    return Plan(spec, cfg, dataset.without_test(), splits, table_id, table_dir, cells, pending, corrupt)
 
 
 def budget_warnings(attack: ConfiguredMethod, image_shape: tuple[int, int, int]) -> list[str]:

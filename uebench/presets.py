@@ -6,11 +6,16 @@ preset through their own ``presets`` dict (see ``uebench.api.Method``).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from uebench.registry import UserError
+from uebench.registry import UserError, did_you_mean
+from uebench.models import MODELS
+from uebench.protocols import PROTOCOLS
 from uebench.train import CROP_FILLS, TrainConfig
+
+MAX_SEED = 2**31 - 1      # every generator a cell seeds takes it (ctx.generator multiplies it by 1,000,003)
 
 
 @dataclass
@@ -72,10 +77,7 @@ TRAIN_FIELDS = {f.name: f.type for f in fields(TrainConfig)}
 def table_config(preset: str, **overrides: Any) -> TableConfig:
     """The preset's values with ``overrides`` applied (TrainConfig fields may be given flat)."""
     if preset not in PRESETS:
-        import difflib
-        close = difflib.get_close_matches(preset, PRESETS, n=1)
-        hint = f"did you mean {close[0]}? " if close else ""
-        raise UserError(f"unknown preset {preset!r}: {hint}choose one of {', '.join(PRESETS)}")
+        raise UserError(f"unknown preset {preset!r}: {did_you_mean(preset, PRESETS)}choose one of {', '.join(PRESETS)}")
     values = {k: v for k, v in PRESETS[preset].items()}
     train = TrainConfig(**values.pop("train"))
     train_over = {k: overrides.pop(k) for k in list(overrides) if k in TRAIN_FIELDS and overrides[k] is not None}
@@ -97,16 +99,29 @@ def table_config(preset: str, **overrides: Any) -> TableConfig:
 
 def validate(cfg: TableConfig) -> None:
     t = cfg.train
+    twice = sorted({s for s in cfg.seeds if cfg.seeds.count(s) > 1})
+    outside = [s for s in cfg.seeds if not 0 <= s <= MAX_SEED]
     checks = [
         (t.epochs >= 1, f"--epochs must be >= 1, got {t.epochs}"),
         (t.batch_size >= 1, f"--batch-size must be >= 1, got {t.batch_size}"),
-        (t.lr > 0, f"--lr must be > 0, got {t.lr}"),
+        (math.isfinite(t.lr) and t.lr > 0, f"--lr must be a finite number > 0, got {t.lr}"),
+        (math.isfinite(t.weight_decay) and t.weight_decay >= 0,
+         f"--weight-decay must be a finite number >= 0, got {t.weight_decay}"),
+        (math.isfinite(t.momentum) and 0 <= t.momentum < 1, f"momentum must be in [0, 1), got {t.momentum}"),
+        (cfg.model in MODELS, f"unknown --model {cfg.model!r}: {did_you_mean(cfg.model, MODELS)}"
+                              f"choose one of {', '.join(MODELS)}"),
         (t.schedule in ("onecycle", "cosine", "multistep"), f"--schedule must be onecycle, cosine or multistep, got {t.schedule!r}"),
         (t.crop_fill in CROP_FILLS, f"--crop-fill must be {' or '.join(CROP_FILLS)}, got {t.crop_fill!r}"),
         (len(cfg.seeds) >= 1, "give at least one seed"),
-        (cfg.protocol in ("supervised", "contrastive"), f"--protocol must be supervised or contrastive, got {cfg.protocol!r}"),
+        (not outside, f"seeds must lie in 0..{MAX_SEED}, got {(outside or [0])[0]}"),
+        (not twice, f"seed {', '.join(map(str, twice))} given twice; give each seed once"),
+        (cfg.protocol in PROTOCOLS, f"--protocol must be {' or '.join(PROTOCOLS)}, got {cfg.protocol!r}"),
         (cfg.n_reference >= 0, f"--n-reference must be >= 0, got {cfg.n_reference}"),
         (cfg.n_protected is None or cfg.n_protected >= 1, f"--n-protected must be >= 1, got {cfg.n_protected}"),
+        (cfg.train_subset is None or cfg.train_subset >= 1,
+         f"--train-subset must be >= 1 (leave it out for the whole split), got {cfg.train_subset}"),
+        (cfg.test_subset is None or cfg.test_subset >= 1,
+         f"--test-subset must be >= 1 (leave it out for the whole split), got {cfg.test_subset}"),
         (cfg.cell_threads is None or cfg.cell_threads >= 1, f"--cell-threads must be >= 1, got {cfg.cell_threads}"),
     ]
     for ok, message in checks:

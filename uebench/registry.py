@@ -16,6 +16,7 @@ import fnmatch
 import importlib
 import importlib.resources
 import importlib.util
+import re
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -33,6 +34,26 @@ class PluginError(UserError):
     """A plugin could not be loaded."""
 
 
+# A method's name is a folder of every results table (and part of its cache files' names), so it
+# is a plain identifier: lowercase letters, digits, '-' and '.', starting with a letter or digit,
+# without '..'. '@' is kept for the folders of a method run with other hyperparameters (em@1a2b3c).
+# Names of data (npz-cifar10_subset) and table ids, made from input, follow the wider SEGMENT.
+METHOD_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{0,63}")
+SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,127}")
+RESERVED = {"attack": {"clean"}}           # the row without an attack has a folder of its own
+
+
+def safe_segment(text: object, pattern: re.Pattern = SEGMENT) -> bool:
+    """Whether ``text`` can be one folder or file name under the results folder, as is."""
+    return isinstance(text, str) and bool(pattern.fullmatch(text)) and ".." not in text
+
+
+def did_you_mean(name: str, choices) -> str:
+    """``"did you mean a, b? "`` for the choices close to ``name``, else ``""``."""
+    close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.5)
+    return f"did you mean {', '.join(close)}? " if close else ""
+
+
 class Registry:
     def __init__(self, kind: str, group: str, base: type, builtin_package: str | None = None):
         self.kind, self.group, self.base, self.builtin_package = kind, group, base, builtin_package
@@ -43,6 +64,11 @@ class Registry:
 
     # -- registration ---------------------------------------------------------------
     def register(self, name: str, target: Any) -> None:
+        if not safe_segment(name, METHOD_NAME) or name in RESERVED.get(self.kind, ()):
+            taken = "".join(f"; {r!r} is taken" for r in sorted(RESERVED.get(self.kind, ())))
+            raise PluginError(f"{_where(target)}: {self.kind} name {name!r} is not allowed; set name = \"...\" "
+                              f"to 1-64 lowercase letters, digits, '-' and '.' (a letter or digit first, no '..'"
+                              f"{taken})")
         self.discover()     # the built-ins and installed plugins first: a file plugin cannot take their names
         old = self._entries.get(name)
         if old is not None and _origin(old) != _origin(target) and self._loaded.get(name) is not target:
@@ -141,9 +167,8 @@ class Registry:
             return False
 
     def _unknown(self, name: str) -> str:
-        close = difflib.get_close_matches(name, self.names(), n=3, cutoff=0.5)
-        hint = f"did you mean {', '.join(close)}? " if close else ""
-        return (f"unknown {self.kind} {name!r}: {hint}(run 'uebench list {self.kind}s' to see all; "
+        return (f"unknown {self.kind} {name!r}: {did_you_mean(name, self.names())}"
+                f"(run 'uebench list {self.kind}s' to see all; "
                 f"a plugin file needs --plugin PATH)")
 
 
@@ -177,6 +202,12 @@ def _import(target: str) -> Any:
     for part in attr.split(".") if attr else []:
         obj = getattr(obj, part)
     return obj
+
+
+def _where(target: Any) -> str:
+    """Where a method comes from, for an error: the plugin file of a class, else ``module:attr``."""
+    file = getattr(sys.modules.get(getattr(target, "__module__", "")), "__file__", None)
+    return f"{file} ({_origin(target)})" if file and not isinstance(target, str) else _origin(target)
 
 
 def _origin(target: Any) -> str:

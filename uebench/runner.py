@@ -18,8 +18,9 @@ from typing import Callable
 
 import torch
 
-from uebench.cell import Claimed, prepare_defense, run_cell
+from uebench.cell import Claimed, Unwritable, prepare_defense, run_cell
 from uebench.claims import wait_until_free
+from uebench.guard import TaskTimeout, method_code
 from uebench.job import Job, remember_data
 from uebench.plan import Cell, ConfiguredMethod, Plan, RunSpec, cache_dir_of, make_plan, scan_records
 from uebench.poisons import craft_poison
@@ -27,8 +28,8 @@ from uebench.presets import TableConfig
 from uebench.progress import Progress, duration, interactive
 from uebench.records import Record
 from uebench.registry import UserError
-from uebench.workers import (BACKENDS, Task, Workers, import_ray, local_workers, ray_workers,
-                             remove_stale_temp_files, run_tasks, stop)
+from uebench.backends.ray import import_ray, ray_workers
+from uebench.workers import BACKENDS, Task, Workers, local_workers, remove_stale_temp_files, run_tasks, stop
 
 
 def resolve_device(name: str) -> torch.device:
@@ -50,6 +51,11 @@ def check_worker_flags(spec: RunSpec) -> None:
         raise UserError(f"--jobs must be >= 1, got {spec.jobs}")
     if spec.retries < 0:
         raise UserError(f"--retries must be >= 0, got {spec.retries}")
+    if spec.cell_timeout is not None and not 0 < spec.cell_timeout < float("inf"):
+        raise UserError(f"--cell-timeout must be a number of seconds > 0, got {spec.cell_timeout}")
+    if spec.backend == "threading":
+        raise UserError("--backend threading is not supported: threads share torch's random generator and "
+                        "thread count, so cells would not reproduce; use loky (the default) or ray")
     if spec.backend not in BACKENDS:
         raise UserError(f"unknown --backend {spec.backend!r}: use {', '.join(BACKENDS)}")
     if spec.ray_address and spec.backend != "ray":
@@ -82,9 +88,10 @@ def _stage1_task(job: Job, fn: Callable, method: ConfiguredMethod, seed: int) ->
     """Make one poison set or one defense's shared state; return the error, if any, as text
     (the tensors stay in the cache, not in the result)."""
     try:
-        fn(job, method, seed)
+        with method_code(job.plan_spec.cell_timeout):
+            fn(job, method, seed)
         return None
-    except Exception as err:
+    except (Exception, TaskTimeout) as err:
         return _stage1_error(method, f"{type(err).__name__}: {err}")
 
 
@@ -152,12 +159,16 @@ def _run(spec: RunSpec, plan: Plan, workers: Workers) -> list[Record]:
     # Cells another run holds are skipped, then waited for: taken as done if it finished
     # them, run here if it died first.
     records: list[Record] = []
+    unwritable: list[str] = []
     cells = plan.pending
     while cells:
         claimed: list[Cell] = []
 
-        def take(index: int, result: Record | Claimed) -> None:
-            if isinstance(result, Claimed):
+        def take(index: int, result: Record | Claimed | Unwritable) -> None:
+            if isinstance(result, Unwritable):      # the other cells then fail to claim theirs, quickly
+                unwritable.append(result.reason)
+                progress.done(f"{cells[index].relpath}: cannot write its record")
+            elif isinstance(result, Claimed):
                 claimed.append(cells[index])
                 progress.done(f"{cells[index].relpath}: held by another run")
             else:
@@ -171,6 +182,9 @@ def _run(spec: RunSpec, plan: Plan, workers: Workers) -> list[Record]:
             tasks.append(Task(run_cell, job, (c, upstream), partial(run_cell, job, c), c.path(plan.table_dir)))
         with Progress(len(tasks), "cells", spec.progress) as progress:
             run_tasks(tasks, workers, take)
+        if unwritable:
+            raise UserError(f"cannot write to the results folder ({unwritable[0]}); make it writable and "
+                            f"re-run the same command to resume (finished cells are kept)")
         if claimed:
             print(f"uebench: {len(claimed)} cell(s) held by another run; waiting for them", file=sys.stderr)
             wait_until_free([c.path(plan.table_dir) for c in claimed])

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import html
 import math
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
-from uebench.leaderboard import accuracy_frame, collect, gather, heatmap_name, protocol_text, title_of
+from uebench.leaderboard import accuracy_frame, collect, figure_of, gather, heatmap_name, protocol_text, title_of
 from uebench.heatmap import draw
 from uebench.plan import CLEAN
+from uebench.registry import UserError
 from uebench.storage import write_atomic
 
 STYLE = """
@@ -74,8 +77,31 @@ if (state.get('sort')) document.querySelectorAll(`table.board th[data-name="${st
 
 
 def write_site(results_dir: Path, out_dir: Path) -> Path:
-    """Write ``out_dir/index.html`` with its heatmaps and the records it links to; returns the page."""
-    results_dir, out_dir = Path(results_dir), Path(out_dir)
+    """Write ``out_dir/index.html`` with its heatmaps and the records it links to; returns the page.
+
+    The page is built in a hidden folder inside ``out_dir`` and moved in file by file, the page
+    last: a record removed while it is built (by a run changing the results) ends the command in
+    one line, with ``out_dir`` as it was."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".building-", dir=out_dir))
+    try:
+        try:
+            build_site(Path(results_dir), staging)
+        except FileNotFoundError as err:
+            raise UserError(f"{err.filename} was removed while the web page was built (is a run changing "
+                            f"the results?); run the command again") from None
+        for path in sorted((p for p in staging.rglob("*") if p.is_file()), key=lambda p: p.name == "index.html"):
+            target = out_dir / path.relative_to(staging)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out_dir / "index.html"
+
+
+def build_site(results_dir: Path, out_dir: Path) -> None:
+    """The page, its heatmaps and the records it links to, written into ``out_dir``."""
     tables, unreadable = collect(results_dir)
     sections = []
     for entries in tables.values():
@@ -102,7 +128,6 @@ Click a column to sort; a cell links to its record.</p>
 </body></html>
 """
     write_atomic(out_dir / "index.html", page)
-    return out_dir / "index.html"
 
 
 def section(view, entries, page_dir: Path) -> str:
@@ -111,7 +136,7 @@ def section(view, entries, page_dir: Path) -> str:
     first_seed = sorted(entries, key=lambda e: -e[1].seed)        # the lowest seed's record is linked
     links = {(r.attack.folder, r.defense.folder): f"results/{path}" for path, r in first_seed}
     figures = {(r.attack.folder, r.defense.folder): f"results/{Path(path).with_suffix('')}/{figure}"
-               for path, r in first_seed if (figure := (r.notes.get("defense") or {}).get("figure"))}
+               for path, r in first_seed if (figure := figure_of(r))}
     head = "".join(f'<th data-name="{html.escape(d)}">{html.escape(d)}</th>' for d in view.cols)
     rows = []
     for attack in view.rows:

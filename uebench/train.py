@@ -1,4 +1,5 @@
-"""The one training recipe every cell uses (supervised protocol), in the spirit of airbench.
+"""The one training recipe every cell uses (supervised protocol), in the spirit of airbench,
+and the training helpers everything shares (autocast, crop and flip, index batches, accuracy).
 
 The whole training set lives on the device as one tensor; crop and flip are done on
 whole batches; the defense's hooks are called on every batch. Nothing else varies
@@ -9,14 +10,20 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import Callable, Protocol
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-if TYPE_CHECKING:
-    from uebench.api import Defense
+
+class TrainingHooks(Protocol):
+    """What the trainer calls on every batch: a defense (``uebench.api.Defense``) or any
+    object with its two hooks (e.g. ``toolkit.augment.AugmentedTraining``)."""
+
+    def augment(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epoch: int) -> torch.Tensor: ...
 
 
 @dataclass
@@ -98,8 +105,23 @@ def autocast(device: torch.device, enabled: bool = True):
     return contextlib.nullcontext()
 
 
+def batches(n: int, batch_size: int, generator: torch.Generator | None = None):
+    """Index batches over ``range(n)``: in order, or shuffled when a generator is given."""
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    return order.split(batch_size)
+
+
+def batch_stream(n: int, batch_size: int, generator: torch.Generator):
+    """An endless stream of shuffled, equally sized index batches (a fresh permutation per
+    epoch, the short remainder dropped), for surrogate training that counts steps rather
+    than epochs. Equal sizes keep BatchNorm away from a batch of one."""
+    size = min(batch_size, n)
+    while True:
+        yield from (batch for batch in batches(n, batch_size, generator) if len(batch) == size)
+
+
 def train_supervised(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
-                     device: torch.device, seed: int, defense: "Defense | None" = None,
+                     device: torch.device, seed: int, defense: TrainingHooks | None = None,
                      progress: Callable | None = None) -> nn.Module:
     """Train ``model`` on ``x, y`` (float [0,1] NCHW, int64) and return it in eval mode."""
     gen = torch.Generator().manual_seed(seed)

@@ -1,8 +1,11 @@
-"""Where the runner's tasks run, and what happens when a worker dies.
+"""Where the runner's tasks run, and what happens when a worker dies: what every backend shares.
 
-Three places: the driver itself (one job), local worker processes through joblib (loky; one
-worker per GPU, each task pinned to the GPU it takes from a queue, or CPU workers), and a Ray
-cluster (Ray's own tasks: each asks for one GPU, or for its CPU threads, and Ray places it).
+Three places: the driver itself (one job), local worker processes through joblib (loky,
+:mod:`uebench.backends.loky`: one worker per GPU, each task pinned to the GPU it takes from a
+queue, or CPU workers), and a Ray cluster (:mod:`uebench.backends.ray`: Ray's own tasks, each
+asks for one GPU, or for its CPU threads, and Ray places it). This module holds what they
+share: the task, the workers' description, the count of each task's deaths, and what runs in
+a worker around a task. A backend's module is imported when a run uses it.
 
 A task is ``fn(job, *args)``. The runner's tasks never raise (a failing method becomes a
 failed record), so an exception out of the pool means the process running a task died: it
@@ -17,21 +20,17 @@ directly. A cell whose worker wrote its record but died before answering is not 
 from __future__ import annotations
 
 import os
-import queue
 import sys
-import tempfile
 import threading
 import time
-import uuid
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
 from uebench.records import read_record
-from uebench.registry import UserError
 
-BACKENDS = ("loky", "threading", "ray")
+BACKENDS = ("loky", "ray")   # threading is refused: threads share torch's RNG and thread count
 
 
 @dataclass
@@ -47,7 +46,7 @@ class Task:
 class Workers:
     """How tasks run: where, how many at once, on which devices, with how many threads."""
 
-    backend: str                      # inline | loky | threading | ray
+    backend: str                      # inline | loky | ray
     jobs: int                         # tasks at once
     device: str                       # a task's device when there are no slots
     threads: int                      # torch CPU threads per task
@@ -70,7 +69,9 @@ def local_workers(device: str, jobs: int | None, backend: str, retries: int, gpu
     number of visible GPUs. ``--device cuda`` (or auto) with several GPUs runs one worker per
     GPU unless ``--jobs`` says otherwise; each task holds one GPU while it runs."""
     spread = device == "cuda" and gpus > 1          # cuda:N pins every task to that GPU
-    jobs = jobs or (gpus if spread else 1)
+    # at most one worker per core (more only slow each other down; each one also drives its
+    # GPU from a core), and each joblib call starts no more workers than it has tasks
+    jobs = min(jobs or (gpus if spread else 1), max(1, cpus))
     if jobs == 1:
         return Workers("inline", 1, device, max(1, cpus) if device == "cpu" else 1, retries=retries)
     if device == "cpu":
@@ -79,57 +80,8 @@ def local_workers(device: str, jobs: int | None, backend: str, retries: int, gpu
     return Workers(backend, jobs, device, 1, slots=slots, retries=retries)
 
 
-def import_ray():
-    try:
-        import ray
-    except ImportError:
-        raise UserError("--backend ray needs Ray, which is not installed: pip install 'uebench[ray]'") from None
-    return ray
-
-
-def ray_workers(device: str, jobs: int | None, retries: int, address: str | None) -> Workers:
-    """Workers on a Ray cluster (started here when no address is given and RAY_ADDRESS is unset)."""
-    ray = import_ray()
-    owns = not ray.is_initialized()
-    if owns:
-        address = address or os.environ.get("RAY_ADDRESS") or "local"
-        try:
-            if address == "local":
-                ray.init(address="local", include_dashboard=False, configure_logging=False)
-            else:
-                ray.init(address=address, configure_logging=False)
-        except (ConnectionError, RuntimeError, ValueError) as err:
-            raise UserError(f"cannot connect to the Ray cluster at {address} ({err}); start one with "
-                            f"'ray start --head' or leave out --ray-address to start a local one") from err
-    try:
-        return _ray_workers(ray, device, jobs, retries, owns)
-    except UserError:
-        if owns:
-            ray.shutdown()
-        raise
-
-
-def _ray_workers(ray, device: str, jobs: int | None, retries: int, owns: bool) -> Workers:
-    resources = ray.cluster_resources()
-    gpus, cpus = int(resources.get("GPU", 0)), max(1, int(resources.get("CPU", 1)))
-    if device == "auto":
-        device = "cuda" if gpus else "cpu"
-    if device.startswith("cuda") and device != "cuda":
-        raise UserError(f"--device {device}: on Ray each task gets a GPU of its own; use --device cuda or auto")
-    if device not in ("cpu", "cuda"):
-        raise UserError(f"bad --device {device!r}: use auto, cpu or cuda with --backend ray")
-    if device == "cuda":
-        if not gpus:
-            raise UserError("--device cuda asked for, but the Ray cluster has no GPU; use --device cpu")
-        return Workers("ray", jobs or gpus, "cuda", 1, ray_options={"num_gpus": 1, "num_cpus": 1},
-                       retries=retries, owns_ray=owns)
-    per_node = max([int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")] or [1])
-    threads = max(1, min(per_node, cpus // jobs)) if jobs else 1
-    return Workers("ray", jobs or max(1, cpus // threads), "cpu", threads, ray_options={"num_cpus": threads},
-                   retries=retries, owns_ray=owns)
-
-
 def stop(workers: Workers) -> None:
+    """Shut down what this run started (a local Ray cluster)."""
     if workers.owns_ray:
         import ray
         ray.shutdown()
@@ -171,9 +123,9 @@ def exit_with_driver(driver_pid: int, every_s: float = 1.0) -> None:
     threading.Thread(target=watch, name="uebench-exit-with-driver", daemon=True).start()
 
 
-def _run_task(index: int, fn: Callable, job: Any, args: tuple, slots: Any = None,
-              devices: tuple[str, ...] = (), started: Path | None = None,
-              driver_pid: int | None = None) -> tuple[int, Any]:
+def run_task(index: int, fn: Callable, job: Any, args: tuple, slots: Any = None,
+             devices: tuple[str, ...] = (), started: Path | None = None,
+             driver_pid: int | None = None) -> tuple[int, Any]:
     """Run one task in a worker, holding one device slot from the shared queue while it runs."""
     if driver_pid is not None:
         exit_with_driver(driver_pid)
@@ -203,12 +155,14 @@ def run_tasks(tasks: list[Task], workers: Workers, on_result: Callable[[int, Any
         for index, task in enumerate(tasks):
             on_result(index, task.fn(task.job, *task.args))
     elif workers.backend == "ray":
-        _run_on_ray(tasks, workers, on_result)
+        from uebench.backends.ray import run_on_ray
+        run_on_ray(tasks, workers, on_result)
     else:
-        _run_local(tasks, workers, on_result)
+        from uebench.backends.loky import run_local
+        run_local(tasks, workers, on_result)
 
 
-class _Attempts:
+class Attempts:
     """Counts the deaths of each task and decides between a rerun and its fallback."""
 
     def __init__(self, tasks: list[Task], retries: int, deliver: Callable[[int, Any], None]):
@@ -234,99 +188,10 @@ class _Attempts:
         return False
 
 
-def _warn(error: BaseException, count: int) -> None:
+def warn_rerun(error: BaseException, count: int) -> None:
+    """Say, in the driver, that a worker died and how many tasks run again."""
     from tqdm.auto import tqdm
     tqdm.write(f"uebench: a worker died ({type(error).__name__}); running {count} task(s) again", file=sys.stderr)
-
-
-def _run_local(tasks: list[Task], workers: Workers, deliver: Callable[[int, Any], None]) -> None:
-    pending = set(range(len(tasks)))
-
-    def settle(index: int, result: Any) -> None:
-        pending.discard(index)
-        deliver(index, result)
-
-    attempts = _Attempts(tasks, workers.retries, settle)
-    with tempfile.TemporaryDirectory(prefix="uebench-started-") as started_dir:
-        while pending:
-            fresh = [i for i in sorted(pending) if not attempts.deaths[i]]
-            # suspects of an earlier death run alone, once nothing else is left
-            for batch in [fresh] if fresh else [[i] for i in sorted(pending)]:
-                started = Path(started_dir) / uuid.uuid4().hex
-                started.mkdir()
-                error = _local_round(tasks, batch, workers, started, settle)
-                if error is None:
-                    continue
-                lost = [i for i in batch if i in pending and not attempts.recovered(i)]
-                charged = [i for i in lost if (started / str(i)).exists()] or lost
-                again = [i for i in charged if attempts.died(i, error)]
-                _warn(error, len(again) + len(set(lost) - set(charged)))
-
-
-def _local_round(tasks: list[Task], batch: list[int], workers: Workers, started: Path,
-                 settle: Callable[[int, Any], None]) -> BaseException | None:
-    """Run ``batch`` through one joblib call; returns the error if a worker died."""
-    from joblib import Parallel, delayed
-    with _slot_queue(workers) as slots:
-        calls = (delayed(_run_task)(i, tasks[i].fn, tasks[i].job, tasks[i].args, slots, workers.slots,
-                                    started / str(i), os.getpid()) for i in batch)
-        results: Iterator = iter(Parallel(n_jobs=workers.jobs, backend=workers.backend,
-                                          return_as="generator_unordered")(calls))
-        while True:
-            try:
-                index, result = next(results)
-            except StopIteration:
-                return None
-            except Exception as err:      # TerminatedWorkerError, BrokenProcessPool, ...
-                return err
-            settle(index, result)
-
-
-class _slot_queue:
-    """A queue holding each device slot once (cross-process for loky); fresh for every joblib
-    call, so a slot held by a worker that died is never lost."""
-
-    def __init__(self, workers: Workers):
-        self.workers, self.manager, self.queue = workers, None, None
-
-    def __enter__(self):
-        if not self.workers.slots:
-            return None
-        if self.workers.backend == "threading":
-            self.queue = queue.Queue()
-        else:
-            from multiprocessing import Manager
-            self.manager = Manager()
-            self.queue = self.manager.Queue()
-        for slot in range(len(self.workers.slots)):
-            self.queue.put(slot)
-        return self.queue
-
-    def __exit__(self, *exc) -> None:
-        if self.manager is not None:
-            self.manager.shutdown()
-
-
-def _run_on_ray(tasks: list[Task], workers: Workers, deliver: Callable[[int, Any], None]) -> None:
-    import ray
-    remote = ray.remote(_run_task).options(max_retries=0, **workers.ray_options)
-    attempts = _Attempts(tasks, workers.retries, deliver)
-    waiting: deque[int] = deque(range(len(tasks)))
-    running: dict[Any, int] = {}
-    while waiting or running:
-        while waiting and len(running) < workers.jobs:
-            i = waiting.popleft()
-            running[remote.remote(i, tasks[i].fn, tasks[i].job, tasks[i].args)] = i
-        done, _ = ray.wait(list(running), num_returns=1)
-        i = running.pop(done[0])
-        try:
-            _, result = ray.get(done[0])
-        except ray.exceptions.RayError as err:    # the worker or its node died
-            if not attempts.recovered(i) and attempts.died(i, err):
-                _warn(err, 1)
-                waiting.append(i)
-            continue
-        deliver(i, result)
 
 
 def remove_stale_temp_files(folders: Iterable[Path], older_than_s: float = 300.0) -> int:

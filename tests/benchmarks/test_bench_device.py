@@ -107,7 +107,8 @@ def test_crafting(benchmark, name, tmp_path):
 
 def test_le_purification(benchmark, tmp_path):
     from uebench.defenses.le import LE
-    from uebench.toolkit.diffusion import CONFIGS, DiffusionModel, make_unet
+    from uebench.toolkit.diffusion import CONFIGS, make_unet
+    from uebench.toolkit.sampling import DiffusionModel
     n = 512 if ON_GPU else 8
     images, labels = tiny_images(n, size=32)
     reference = tiny_images(64, size=32, seed=1)

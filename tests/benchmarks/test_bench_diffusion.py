@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from conftest import tiny_images
-from uebench.toolkit.diffusion import CONFIGS, DiffusionModel, make_unet, train_diffusion
+from uebench.toolkit.diffusion import CONFIGS, make_unet, train_diffusion
+from uebench.toolkit.sampling import DiffusionModel
 
 pytestmark = pytest.mark.benchmark
 

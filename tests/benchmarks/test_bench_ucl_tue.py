@@ -18,7 +18,7 @@ from conftest import tiny_images
 from uebench.attacks.tue import TUE
 from uebench.attacks.ucl import UCL, UCLClasswise
 from uebench.context import Context
-from uebench.toolkit.contrastive import train_contrastive
+from uebench.protocols import get_protocol
 
 N_IMAGES, SIZE = 256, 16
 
@@ -65,7 +65,7 @@ def test_contrastive_protocol_throughput(benchmark):
     x, y = tiny_images(n=N_IMAGES, size=SIZE, classes=4)
     settings = dict(epochs=1, batch_size=128, probe_epochs=5, probe_augment=False)
     seconds: list[float] = []
-    model = benchmark.pedantic(lambda: timed(lambda: train_contrastive(x, y, make_ctx(contrastive=settings)),
+    model = benchmark.pedantic(lambda: timed(lambda: get_protocol("contrastive").train(x, y, make_ctx(contrastive=settings)),
                                              seconds), rounds=2, iterations=1)
     assert model(x).shape == (N_IMAGES, 4)
     benchmark.extra_info.update({"images": N_IMAGES, "image_size": SIZE, "settings": settings,

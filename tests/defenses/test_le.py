@@ -6,7 +6,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-import uebench.toolkit.diffusion as diffusion
+import uebench.toolkit.sampling as sampling
 from conftest import FAST_DIFFUSION, random_model, tiny_images
 from uebench.defenses.avatar import AVATAR
 from uebench.defenses.le import LE
@@ -16,10 +16,10 @@ from uebench.toolkit.perceptual import perceptual_distance
 
 def test_le_and_avatar_share_one_cached_model(tiny, reference, ctx, monkeypatch):
     calls = []
-    real = diffusion.train_diffusion
-    monkeypatch.setattr(diffusion, "train_diffusion", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    real = sampling.train_diffusion
+    monkeypatch.setattr(sampling, "train_diffusion", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     LE(**FAST_DIFFUSION).prepare(reference, ctx)
-    diffusion._LOADED.clear()                       # a new process: only the disk cache is left
+    sampling._LOADED.clear()                       # a new process: only the disk cache is left
     AVATAR(**FAST_DIFFUSION).prepare(reference, ctx)
     assert len(calls) == 1
     assert ctx.notes["diffusion"]["source"] == "disk cache"

@@ -6,7 +6,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-import uebench.toolkit.diffusion as diffusion
+import uebench.toolkit.sampling as sampling
 from conftest import FAST_DIFFUSION, random_model, tiny_images
 from uebench.defenses.le import LE
 from uebench.storage import tensor_fingerprint as fingerprint
@@ -100,8 +100,8 @@ def test_a_checkpoint_of_another_run_is_refused(tmp_path):
 
 def test_diffusion_model_sees_only_the_reference_split(tiny, reference, ctx, monkeypatch):
     seen = []
-    real = diffusion.train_diffusion
-    monkeypatch.setattr(diffusion, "train_diffusion", lambda images, *a, **kw: seen.append(images) or real(
+    real = sampling.train_diffusion
+    monkeypatch.setattr(sampling, "train_diffusion", lambda images, *a, **kw: seen.append(images) or real(
         images, *a, **kw))
     x, y = tiny
     le = LE(**FAST_DIFFUSION, stride=10)

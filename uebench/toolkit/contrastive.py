@@ -1,11 +1,12 @@
-"""The contrastive evaluation protocol: SimCLR pre-training, then a linear probe.
+"""SimCLR pre-training and a linear probe: the contrastive protocol's recipe and its pieces.
 
 A contrastive table asks whether a poison also stops a victim that learns *without*
-labels. :func:`train_contrastive` trains a SimCLR encoder (the table's architecture's
-``features`` plus a two-layer projection head) on the (defended) training images alone,
-freezes it, fits a linear probe on its features with the training labels, and returns
-backbone + probe as one classifier of [0, 1] images, so the runner measures clean test
-accuracy exactly as for the supervised protocol.
+labels. The contrastive protocol (:mod:`uebench.protocols.contrastive`) trains a SimCLR
+encoder (the table's architecture's ``features`` plus a two-layer projection head,
+:func:`make_simclr`, :func:`pretrain_simclr`) on the (defended) training images alone,
+freezes it, fits a linear probe on its features with the training labels
+(:func:`fit_linear_probe`), and returns backbone + probe as one classifier of [0, 1] images,
+so the runner measures clean test accuracy exactly as for the supervised protocol.
 
 The recipe follows He, Zha and Katabi (ICLR 2023, "Indiscriminate Poisoning Attacks on
 Unsupervised Contrastive Learning"), whose released code evaluates every poison this
@@ -57,8 +58,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from uebench.toolkit.perturb import batches
-from uebench.train import autocast
+from uebench.train import autocast, batches
 
 if TYPE_CHECKING:
     from uebench.api import Defense
@@ -312,20 +312,3 @@ def fit_linear_probe(classifier: nn.Module, x: torch.Tensor, y: torch.Tensor,
         probe.weight.div_(std)
     return classifier.eval()
 
-
-def train_contrastive(x: torch.Tensor, y: torch.Tensor, ctx: "Context", defense: "Defense | None" = None,
-                      arch: str | None = None) -> nn.Module:
-    """The contrastive protocol: SimCLR on ``x`` without labels, then a linear probe with ``y``.
-
-    ``x`` is the training set after the defense's ``purify`` (already applied by
-    ``Defense.fit``). Returns backbone + probe, mapping [0, 1] images to logits, in eval mode.
-    """
-    if defense is not None and "contrastive" not in defense.protocols:
-        raise ValueError(f"defense {defense.name!r} does not apply to the contrastive protocol "
-                         f"(it declares protocols {defense.protocols})")
-    cfg = contrastive_config(ctx)
-    ctx.notes["contrastive_protocol"] = cfg.as_dict() | {"arch": arch or cfg.arch or ctx.model}
-    torch.manual_seed(ctx.seed)
-    classifier, simclr = make_simclr(ctx, arch, cfg)
-    pretrain_simclr(simclr, x, cfg, ctx, defense, y)
-    return fit_linear_probe(classifier, x, y, cfg, ctx)

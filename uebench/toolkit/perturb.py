@@ -12,7 +12,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from uebench.train import autocast, random_crop_flip
+# the shared training helpers, defined in uebench.train; batches and batch_stream are importable
+# from here too (as the attacks import them)
+from uebench.train import autocast, batch_stream, batches, random_crop_flip
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -81,18 +83,3 @@ def augmented_copies(x: torch.Tensor, copies: int, pad: int,
     ``k`` of image ``i`` is row ``k·N + i`` (labels: ``y.repeat(copies)``).
     """
     return random_crop_flip(x.repeat(copies, 1, 1, 1), pad, flip=True, generator=generator, fill=fill)
-
-
-def batches(n: int, batch_size: int, generator: torch.Generator | None = None):
-    """Index batches over ``range(n)``: in order, or shuffled when a generator is given."""
-    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-    return order.split(batch_size)
-
-
-def batch_stream(n: int, batch_size: int, generator: torch.Generator):
-    """An endless stream of shuffled, equally sized index batches (a fresh permutation per
-    epoch, the short remainder dropped), for surrogate training that counts steps rather
-    than epochs. Equal sizes keep BatchNorm away from a batch of one."""
-    size = min(batch_size, n)
-    while True:
-        yield from (batch for batch in batches(n, batch_size, generator) if len(batch) == size)
