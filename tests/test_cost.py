@@ -68,3 +68,14 @@ def test_uebench_plan_prints_the_estimate_from_a_benchmark_file(reference, tmp_p
     assert "no `cpu` table to scale from" in err and "predicted" not in err   # a smoke table is not a `cpu` one
     assert main(argv + ["--reference-table", table_id]) == 0
     assert f"scaled from {table_id}" in capsys.readouterr().err
+
+
+def test_a_victim_without_measured_throughputs_is_planned_and_said_not_priced(capsys, tmp_path):
+    """A model no benchmark has measured yet (uebench list models) still gets its plan; the cost
+    line says what is missing instead of ending the command with an error."""
+    code = main(["plan", "--preset", "smoke", "--epochs", "1", "--attacks", "random-noise", "--defenses", "none",
+                 "--model", "vgg16-w0.25", "--results-dir", str(tmp_path / "r")])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert len(out.strip().splitlines()) == 2                     # clean and random-noise under none
+    assert "no cost estimate: the throughputs of" in err and "lack train-vgg16-w0.25" in err

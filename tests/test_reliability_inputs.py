@@ -101,7 +101,7 @@ def test_a_dataset_whose_name_would_be_an_unsafe_folder_is_refused(capsys, tmp_p
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--model", "../../m"], "unknown --model '../../m'"),       # the model is part of the table's folder name
+    (["--model", "../../m"], "--model: unknown model '../../m'"),       # the model is part of the table's folder name
     (["--test-subset", "-1"], "--test-subset must be >= 1"),    # digits-test-1 and an odd 50-image test set
 ])
 def test_other_path_components_from_input_are_checked(capsys, tmp_path, argv, message):
@@ -213,7 +213,7 @@ def test_seed_lists_and_ranges_parse_as_documented():
     (["--lr", "nan"], "--lr must be a finite number > 0"),
     (["--weight-decay", "nan"], "--weight-decay must be a finite number >= 0, got nan"),
     (["--weight-decay", "-1"], "--weight-decay must be a finite number >= 0, got -1"),
-    (["--model", "resnet99"], "unknown --model 'resnet99': did you mean resnet18?"),
+    (["--model", "resnet99"], "--model: unknown model 'resnet99': did you mean resnet50, resnet18"),
     (["--seeds", str(2**63)], "each seed lies in 0..2147483647"),
     (["--seeds", "0-5000", "--dry-run"], "over at most 1,000 seeds"),    # not 20,004 cells
     (["-A", "random-noise.epz=1"], "no hyperparameter 'epz'; did you mean eps?"),
@@ -222,6 +222,18 @@ def test_seed_lists_and_ranges_parse_as_documented():
 def test_options_and_hyperparameters_are_checked_before_any_work(capsys, tmp_path, argv, message):
     line = _refused(capsys, tmp_path, *SMOKE, "--attacks", "random-noise", "--defenses", "none", *argv)
     assert message in line
+
+
+@pytest.mark.parametrize("attack, param", [("em", "surrogate"), ("tap", "surrogate"), ("ucl", "arch")])
+def test_a_hyperparameter_naming_an_unknown_network_is_refused_before_any_work(capsys, tmp_path, attack, param):
+    line = _refused(capsys, tmp_path, *SMOKE, "--attacks", attack, "--defenses", "none", "-A", f"{attack}.{param}=resnet99")
+    assert f"{param}='resnet99' is not a model: " in line and "resnet18" in line
+
+
+def test_ntga_keeps_its_own_kernel_names_for_surrogate(capsys, tmp_path):
+    code, _, err = _run(capsys, "plan", *SMOKE, "--attacks", "ntga", "--defenses", "none", "-A", "ntga.surrogate=cnn",
+                        "--results-dir", str(tmp_path / "r"))
+    assert code == 0, err
 
 
 # -- item 12: planning without the data, from any folder ------------------------------------------------

@@ -180,6 +180,13 @@ class Attack(Method):
 
     ``target`` says which learner the attack aims at: ``supervised``, ``contrastive`` or both
     (``"supervised, contrastive"``); it is descriptive (listings, records), any protocol can run it.
+
+    ``generate`` always crafts on the whole protected split, as the papers' poison-ratio experiments
+    do (EM's official code and APBench craft on the full training set, then perturb a random
+    subset), whatever ``--poison-ratio``: the poison set is
+    made once per (attack, seed) and a cell at ratio r < 1 then trains on the poisoned images at a
+    seeded r-fraction of the indices and the clean images elsewhere (``uebench/ratio.py``). An
+    attack whose paper crafts on the poisoned part alone would say so here and in its docstring.
     """
 
     target: ClassVar[str] = "supervised"

@@ -23,6 +23,7 @@ from uebench.job import Job, make_context, setup_worker, test_split, worker_data
 from uebench.plan import Cell, ConfiguredMethod, finished_as
 from uebench.poisons import make_poison
 from uebench.protocols import get_protocol
+from uebench.ratio import FULL, apply_ratio
 from uebench.records import (AttackInfo, DefenseInfo, Metrics, Record, TableInfo, ThreatModelInfo, git_commit,
                              read_record, write_record)
 from uebench import __version__
@@ -75,8 +76,13 @@ def run_cell(job: Job, cell: Cell, upstream_error: str | None = None) -> Record 
 def failed_record(cell: Cell, error: str) -> Record:
     """The record of a cell that failed before (or without) being described."""
     return Record(status="failed", seed=cell.seed, error=error, warnings=list(cell.attack.warnings),
-                  attack=AttackInfo(cell.attack.name, cell.attack.folder),
+                  poison=ratio_stub(cell), attack=AttackInfo(cell.attack.name, cell.attack.folder),
                   defense=DefenseInfo(cell.defense.name, cell.defense.folder))
+
+
+def ratio_stub(cell: Cell) -> dict | None:
+    """The record's ``poison`` until the cell draws its indices: its ratio (None at ratio 1)."""
+    return None if cell.ratio == FULL else {"ratio": cell.ratio}
 
 
 def compute_cell(job: Job, cell: Cell, upstream_error: str | None = None) -> Record | Unwritable:
@@ -110,15 +116,19 @@ def _compute(job: Job, cell: Cell, dataset: Dataset, splits: Splits, record: Rec
         raise RuntimeError(upstream_error)
     x_clean = to_tensor(dataset.x_train[splits.protected])
     y = torch.from_numpy(dataset.y_train[splits.protected])
-    x = x_clean
-    if cell.attack.instance is not None:
+    x_poison = None
+    if cell.attack.instance is not None:       # crafted on the whole protected split, once per (attack, seed)
         entry = make_poison(job, cell.attack, cell.seed)
-        x = entry["x"]
+        x_poison = entry["x"]
         record.timing["poison_s"] = round(entry["seconds"], 2)
         record.notes["attack"] = entry["notes"]
+    # the poison at the cell's ratio: poisoned images at the drawn indices, clean ones elsewhere
+    train = apply_ratio(cell, x_clean, x_poison, y, job.config.split_seed)
+    x, y, x_clean, record.poison = train.x, train.y, train.clean, train.poison
+    if train.checked is not None:              # the budget guard checks the poisoned images
         threat = declared_threat_model(cell.attack.instance, dataset.image_shape)
-        check_budget(x_clean, x, threat)
-        record.budget = measured_budget(x_clean, x, threat)
+        check_budget(*train.checked, threat)
+        record.budget = measured_budget(*train.checked, threat)
         if record.budget["linf_max"] == 0:
             record.warnings.append(f"the poison of {cell.attack.name} equals the clean images (L∞ 0): "
                                    f"this row measures clean data")
@@ -168,13 +178,13 @@ def describe_cell(job: Job, cell: Cell, dataset: Dataset, splits: Splits) -> Rec
     defense: Defense = cell.defense.instance
     threat = declared_threat_model(attack, dataset.image_shape) if attack else ThreatModel("none", 0.0)
     return Record(
-        status="failed", seed=cell.seed, error=None, warnings=list(cell.attack.warnings),
+        status="failed", seed=cell.seed, error=None, warnings=list(cell.attack.warnings), poison=ratio_stub(cell),
         uebench_version=__version__, git_commit=git_commit(),
         table=TableInfo(id=job.table_dir.name, preset=cfg.preset, protocol=cfg.protocol, model=cfg.model,
                         dataset={**dataset.identity(), "source": dataset.source}, train=cfg.train.as_dict(),
                         split={"n_protected": len(splits.protected), "n_reference": len(splits.reference),
                                "n_test": dataset.n_test, "split_seed": cfg.split_seed},
-                        contrastive=get_protocol(cfg.protocol).settings(cfg)),
+                        contrastive=get_protocol(cfg.protocol).settings(cfg), surrogate=cfg.surrogate),
         attack=AttackInfo(name=cell.attack.name, folder=cell.attack.folder,
                           hparams=hparams(attack) if attack else {}, code=cell.attack.code,
                           threat_model=ThreatModelInfo(threat.norm, threat.eps, str(threat)),

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from uebench.leaderboard import collect, shown_path
 from uebench.plan import CLEAN, Plan
+from uebench.ratio import FULL, ratio_of
 from uebench.records import Record
 from uebench.registry import UserError
 
@@ -43,9 +44,13 @@ class Throughputs:
     def rate(self, kind: str, model: str) -> float:
         name = f"{kind}-{model}"
         if name not in self.images_per_s:
-            raise UserError(f"the throughputs of {self.device} lack {name}; measure them with "
-                            f"python -m pytest -m benchmark --benchmark-enable tests/benchmarks/test_bench_device.py")
+            raise MissingRate(f"the throughputs of {self.device} lack {name}; measure them with "
+                              f"python -m pytest -m benchmark --benchmark-enable tests/benchmarks/test_bench_device.py")
         return self.images_per_s[name]
+
+
+class MissingRate(UserError):
+    """No measured throughput for a model: a plan says so instead of pricing it."""
 
 
 def load_throughputs(path: Path) -> Throughputs:
@@ -118,7 +123,11 @@ def report(plan: Plan, device_kind: str, throughputs: Path | None, table_id: str
             "(pass --reference-table)")
         return
     rates = load_throughputs(here)
-    cost = estimate(plan, found[1], load_throughputs(reference_file), rates)
+    try:
+        cost = estimate(plan, found[1], load_throughputs(reference_file), rates)
+    except MissingRate as err:          # a victim never benchmarked (uebench list models): the plan stands
+        say(f"no cost estimate: {err}")
+        return
     say(f"predicted {cost.total_h:.1f} device-hours on {rates.device} (poison sets {cost.poison_s / 3600:.1f} h, "
         f"cells {cost.cells_s / 3600:.1f} h), scaled from {cost.reference} in {shown_path(found[0])}/; "
         f"each method at its reference settings")
@@ -129,6 +138,7 @@ def report(plan: Plan, device_kind: str, throughputs: Path | None, table_id: str
 
 def estimate(plan: Plan, reference: list[Record], reference_rates: Throughputs, rates: Throughputs) -> Estimate:
     """Predicted seconds for the pending poison sets and cells of ``plan``."""
+    reference = [r for r in reference if ratio_of(r) == FULL]   # timings of whole protected splits
     ref = reference[0].table
     n_ref, epochs_ref, model_ref = ref.split["n_protected"], ref.train["epochs"], ref.model
     n = len(plan.splits.protected)

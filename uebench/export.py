@@ -6,7 +6,8 @@
     df.pivot(index="attack", columns="defense", values="mean")
 
 ``uebench export --format csv|json|latex [--table ID]`` writes the same numbers: mean ± std
-(percent, over the seeds that finished) per cell, and each table's protocol (in the LaTeX
+(percent, over the seeds that finished) per cell and poison ratio (a ``poison_ratio`` column; one
+LaTeX table per ratio), and each table's protocol (in the LaTeX
 caption, and a field of the JSON).
 """
 from __future__ import annotations
@@ -17,29 +18,38 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from uebench.leaderboard import collect, gather, protocol_text, title_of
+from uebench.leaderboard import collect, gather, protocol_text, ratio_heading, ratios_of, title_of
 from uebench.plan import CLEAN, NONE
+from uebench.ratio import FULL
 from uebench.registry import UserError
 
-COLUMNS = ["dataset", "table", "protocol", "model", "preset", "attack", "budget", "defense", "mean", "std", "seeds"]
+COLUMNS = ["dataset", "table", "protocol", "model", "preset", "poison_ratio", "attack", "budget", "defense", "mean",
+           "std", "seeds"]
 FORMATS = ("csv", "json", "latex")
 
 
 def load_table(results_dir: str | Path = "results", table: str | None = None) -> pd.DataFrame:
-    """One row per cell (dataset, table, attack, defense) with finished seeds: ``mean`` and
-    ``std`` of the clean test accuracy in percent (std NaN for one seed), ``seeds`` their count."""
+    """One row per cell (dataset, table, poison ratio, attack, defense) with finished seeds: ``mean``
+    and ``std`` of the clean test accuracy in percent (std NaN for one seed), ``seeds`` their count.
+    ``poison_ratio``: the poisoned fraction of the protected split (1: all of it; the clean row,
+    which has no poison, is listed once, at 1); cells of different ratios are never averaged."""
     rows = []
     for (dataset, table_id), entries in collect(Path(results_dir))[0].items():
         if table is not None and table_id != table:
             continue
-        view = gather(entries)
-        for attack in view.rows:
-            for defense in view.cols:
-                values = 100 * np.asarray(view.scores[(attack, defense)])
-                if len(values):
-                    rows.append([dataset, table_id, view.table.protocol, view.table.model, view.table.preset,
-                                 attack, view.threat.get(attack, ""), defense, values.mean(),
-                                 values.std(ddof=1) if len(values) > 1 else np.nan, len(values)])
+        ratios = ratios_of(entries)
+        for ratio in ratios:
+            view = gather(entries, ratio=ratio)
+            for attack in view.rows:
+                if attack == CLEAN and ratio != ratios[0]:
+                    continue                       # no poison, no ratio: listed once, at 1
+                for defense in view.cols:
+                    values = 100 * np.asarray(view.scores[(attack, defense)])
+                    if len(values):
+                        rows.append([dataset, table_id, view.table.protocol, view.table.model, view.table.preset,
+                                     FULL if attack == CLEAN else ratio, attack, view.threat.get(attack, ""),
+                                     defense, values.mean(), values.std(ddof=1) if len(values) > 1 else np.nan,
+                                     len(values)])
     frame = pd.DataFrame(rows, columns=COLUMNS)
     if table is not None and frame.empty:
         known = sorted({table_id for _, table_id in collect(Path(results_dir))[0]})
@@ -58,10 +68,19 @@ def export(results_dir: str | Path, fmt: str, table: str | None = None) -> str:
     if fmt == "json":
         return json.dumps({"tables": {t: {"title": title, "protocol": text} for t, (title, text) in protocols.items()},
                            "cells": json.loads(frame.to_json(orient="records", double_precision=4))}, indent=1) + "\n"
-    return "\n".join(latex_table(frame[frame.table == t], *protocols[t]) for t in sorted(protocols))
+    return "\n".join(latex_table(cells, *protocols[t], ratio) for t in sorted(protocols)
+                     for ratio, cells in latex_parts(frame[frame.table == t]))
 
 
-def latex_table(cells: pd.DataFrame, title: str, protocol: str) -> str:
+def latex_parts(cells: pd.DataFrame) -> list[tuple[float, pd.DataFrame]]:
+    """One LaTeX table per poison ratio, 1 first; each ratio's table below 1 repeats the clean row."""
+    ratios = sorted(set(cells.poison_ratio), reverse=True)
+    clean = cells[cells.attack == CLEAN]
+    return [(r, cells[cells.poison_ratio == r] if r == FULL
+             else pd.concat([clean, cells[(cells.poison_ratio == r) & (cells.attack != CLEAN)]])) for r in ratios]
+
+
+def latex_table(cells: pd.DataFrame, title: str, protocol: str, ratio: float = FULL) -> str:
     """A booktabs table: attacks down, defenses across, mean ± std (the clean row first)."""
     def text(row) -> str:
         return f"{row['mean']:.1f}" + ("" if np.isnan(row["std"]) else f" $\\pm$ {row['std']:.1f}")
@@ -73,7 +92,7 @@ def latex_table(cells: pd.DataFrame, title: str, protocol: str) -> str:
         return "".join("\\" + c if c in "_%&#${}" else c for c in str(value))
 
     lines = [r"\begin{table}[t]", r"\centering", r"\small",
-             rf"\caption{{{escape(title)}: clean test accuracy (\%), mean $\pm$ std over seeds. "
+             rf"\caption{{{escape(title + ratio_heading(ratio))}: clean test accuracy (\%), mean $\pm$ std over seeds. "
              rf"Protocol: {escape(protocol.replace('`', ''))}}}",
              r"\begin{tabular}{l" + "c" * len(defenses) + "}", r"\toprule",
              "attack & " + " & ".join(escape(d) for d in defenses) + r" \\", r"\midrule"]

@@ -1,4 +1,5 @@
-"""A heatmap per table: attacks × defenses, colour and printed value = clean test accuracy (%).
+"""A heatmap per table: attacks × defenses, colour and printed value = clean test accuracy (%);
+and, for a table with several poison ratios, accuracy against the ratio (:func:`draw_ratio`).
 
 Drawn with matplotlib (Agg, no display) next to the markdown leaderboard. The PNG carries the
 content key of the numbers it was drawn from (a ``uebench-data`` text chunk), so
@@ -48,6 +49,40 @@ def draw(frame: pd.DataFrame, title: str, path: Path) -> None:
         line(position, color="white", linewidth=2.5)
     ax.set_title(title, fontsize=9)
     fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02).set_label("clean test accuracy (%)", fontsize=8)
+    fig.tight_layout()
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png",
+                                               metadata={"Software": None, DATA_KEY: data_key(frame, title)}))
+    plt.close(fig)
+
+
+def draw_ratio(frame: pd.DataFrame, title: str, path: Path) -> None:
+    """Accuracy against the poison ratio: one curve per attack (``frame``: rows the clean row,
+    ``clean-part`` and the attacks; columns the ratios, upwards), ``clean-part`` (trained on the
+    clean part alone, the reference a ratio is read against) dashed black, clean data a grey line."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ratios = [float(c) for c in frame.columns]
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    colors = matplotlib.colormaps["tab20"]
+    attacks = [a for a in frame.index if a not in ("clean", "clean-part")]
+    for i, attack in enumerate(attacks):
+        values = frame.loc[attack].to_numpy(dtype=float)
+        ax.plot(ratios, values, marker="o", markersize=4, linewidth=1.4, color=colors(i % 20), label=attack)
+    if "clean-part" in frame.index:
+        ax.plot(ratios, frame.loc["clean-part"].to_numpy(dtype=float), marker="s", markersize=4, color="black",
+                linestyle="--", linewidth=1.8, label="clean part alone")
+    if "clean" in frame.index and not np.isnan(frame.loc["clean"].iloc[0]):
+        ax.axhline(frame.loc["clean"].iloc[0], color="grey", linestyle=":", linewidth=1.5, label="clean (no poison)")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 100)
+    ax.set_xticks(ratios, labels=[str(c) for c in frame.columns], fontsize=8)
+    ax.set_xlabel("poison ratio (poisoned fraction of the protected split)", fontsize=8)
+    ax.set_ylabel("clean test accuracy (%), no defense", fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     fig.tight_layout()
     write_atomic(path, lambda tmp: fig.savefig(tmp, format="png",
                                                metadata={"Software": None, DATA_KEY: data_key(frame, title)}))

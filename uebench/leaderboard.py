@@ -1,7 +1,8 @@
 """The leaderboard: a pure function of a results directory.
 
-One table per (dataset, table id), i.e. per protocol: rows are the clean row and the
-attacks, columns the defenses, cells the clean test accuracy in percent (mean ± std over
+One table per (dataset, table id), i.e. per protocol, and poison ratio (ratio.py; a ratio below 1
+adds its own table, with the clean-part row, and a figure of accuracy against the ratio): rows are
+the clean row and the attacks, columns the defenses, cells the clean test accuracy in percent (mean ± std over
 seeds, one decimal). The best defense per attack is in bold. The same records always
 give byte-identical markdown (no timestamps, everything sorted).
 """
@@ -16,9 +17,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from uebench.heatmap import data_key, draw, drawn_from
+from uebench.heatmap import data_key, draw, draw_ratio, drawn_from
 from uebench.plan import CLEAN, NONE
 from uebench.protocols import get_protocol
+from uebench.ratio import CLEAN_PART, FULL, ratio_of, ratio_text, seed_file
+from uebench.ratio_board import ratio_frame, ratio_heading, ratio_lines, render_ratios
 from uebench.records import Record, RecordError, TableInfo, iter_records
 from uebench.registry import safe_segment
 from uebench.storage import write_atomic
@@ -52,7 +55,7 @@ def misplaced_reason(relpath: str, record: Record) -> str | None:
     """Why a record cannot be shown where it lies (None: it can): the folders it lies in must be
     the safe names its content gives (a copy in another cell's folder would be counted twice)."""
     place = (f"{record.table.dataset.get('name')}/{record.table.id}/{record.attack.folder}/"
-             f"{record.defense.folder}/seed{record.seed}.json")
+             f"{record.defense.folder}/{seed_file(record.seed, ratio_of(record))}")
     if not all(safe_segment(part) for part in place.split("/")):
         return f"misplaced: its content names {place!r}, which is not a place uebench writes ({PLACE})"
     return None if relpath == place else f"misplaced: its content belongs at {place}; move it there or delete it"
@@ -97,9 +100,23 @@ class TableView:
     versions: set[str]
     figures: list[str]
     failed: list[str]
+    ratio: float = FULL                               # the poison ratio of every cell shown (the clean row: none)
 
 
-def gather(entries: list[Entry], results_link: str = "../results") -> TableView:
+def ratios_of(entries: list[Entry]) -> list[float]:
+    """The poison ratios a table's records were made at, 1 first, then downwards; 1 is left out when
+    only the clean row (which has no ratio) is there and other ratios are."""
+    return sorted({ratio_of(r) for _, r in entries if r.attack.name != CLEAN} or {FULL}, reverse=True)
+
+
+def at_ratio(entries: list[Entry], ratio: float) -> list[Entry]:
+    """The entries of one ratio's table: its cells, and the clean row (the same at every ratio)."""
+    return [(p, r) for p, r in entries if ratio_of(r) == ratio or r.attack.name == CLEAN]
+
+
+def gather(entries: list[Entry], results_link: str = "../results", ratio: float = FULL) -> TableView:
+    """One ratio's table (default 1: the whole protected split poisoned); cells of other ratios are left out."""
+    entries = at_ratio(entries, ratio)
     records = [r for _, r in entries]
     scores: dict[tuple[str, str], list[float]] = defaultdict(list)
     status: dict[tuple[str, str], set[str]] = defaultdict(set)
@@ -118,9 +135,11 @@ def gather(entries: list[Entry], results_link: str = "../results") -> TableView:
                 figures.append(f"[{key[0]} / {key[1]} / seed {r.seed}]({results_link}/{fig_path.as_posix()})")
     failed = sorted({f"{r.attack.folder} / {r.defense.folder} / seed {r.seed}: {md(r.error)}"
                      for r in records if r.status == "failed"})
-    return TableView(records[0].table, _order({r.attack.folder for r in records}, CLEAN),
-                     _order({r.defense.folder for r in records}, NONE), scores, status, threat, seeds, versions,
-                     figures, failed)
+    names = {r.attack.folder for r in records}
+    head = [a for a in (CLEAN, CLEAN_PART) if a in names]        # the references first
+    rows = head + sorted(names - set(head))
+    return TableView(records[0].table, rows, _order({r.defense.folder for r in records}, NONE), scores, status, threat,
+                     seeds, versions, figures, failed, ratio)
 
 
 def figure_of(record: Record) -> str | None:
@@ -137,12 +156,18 @@ def accuracy_frame(view: TableView) -> pd.DataFrame:
 
 
 def heatmap_name(view: TableView) -> str:
-    return f"heatmap-{view.table.dataset['name']}-{view.table.id}.png"
+    ratio = "" if view.ratio == FULL else f"-ratio{ratio_text(view.ratio)}"
+    return f"heatmap-{view.table.dataset['name']}-{view.table.id}{ratio}.png"
+
+
+def ratio_figure_name(view: TableView) -> str:
+    return f"ratio-{view.table.dataset['name']}-{view.table.id}.png"
 
 
 def title_of(table: TableInfo) -> str:
     length = get_protocol(table.protocol).length(table)
-    return f"{table.dataset['name']} · {table.protocol} · {table.model} · {length}"
+    victim = f"victim {table.model}, poisons crafted on {table.surrogate}" if table.surrogate else table.model
+    return f"{table.dataset['name']} · {table.protocol} · {victim} · {length}"
 
 
 def protocol_text(table: TableInfo) -> str:
@@ -150,15 +175,15 @@ def protocol_text(table: TableInfo) -> str:
     return get_protocol(table.protocol).describe(table)
 
 
-def render_table(entries: list[Entry], results_link: str = "../results") -> str:
-    """Markdown for one table's records."""
-    view = gather(entries, results_link)
+def render_table(entries: list[Entry], results_link: str = "../results", ratio: float = FULL) -> str:
+    """Markdown for one table's records at one poison ratio (default 1: the whole protected split)."""
+    view = gather(entries, results_link, ratio)
     table, scores, status, threat, seeds = view.table, view.scores, view.status, view.threat, view.seeds
     row_names, col_names = view.rows, view.cols
     body = []
     for a in row_names:
         means = {d: np.mean(scores[(a, d)]) for d in col_names if scores[(a, d)]}
-        best = max(means.values()) if means and a != CLEAN else None
+        best = max(means.values()) if means and a not in (CLEAN, CLEAN_PART) else None
         line = {"attack": md(a), "budget": md(threat.get(a, ""))}
         for d in col_names:
             if scores[(a, d)]:
@@ -178,18 +203,19 @@ def render_table(entries: list[Entry], results_link: str = "../results") -> str:
     split, ds = table.split, table.dataset
     protocol = md(protocol_text(table))
     lines = [
-        f"## {md(title_of(table))} (`{table.id}`)",
+        f"## {md(title_of(table))}{ratio_heading(ratio)} (`{table.id}`)",
         "",
         f"- **Protocol**: {protocol}",
         f"- **Data**: `{ds['name']}` ({ds['shape'][1]}×{ds['shape'][2]}×{ds['shape'][0]}); {split['n_protected']} "
         f"protected / {split['n_reference']} clean reference (defenses may use it) / {split['n_test']} test images.",
+        *ratio_lines(view, entries),
         f"- **Metric**: {get_protocol(table.protocol).metric} (%), mean ± std over seeds {', '.join(map(str, sorted(seeds)))}; "
         f"(n=k): only k seeds finished; **bold**: best defense per attack; n/a: the defense does not apply to this protocol; "
         f"budget: the attack's declared threat model, checked before training.",
         f"- **uebench**: {', '.join(sorted(view.versions))}.",
     ]
     lines += ["", df.to_markdown(index=False, disable_numparse=True), "",
-              f"![clean test accuracy of {table.id}]({heatmap_name(view)})", ""]
+              f"![clean test accuracy of {table.id}{ratio_heading(ratio)}]({heatmap_name(view)})", ""]
     failed, figures = view.failed, view.figures
     if failed:
         lines += ["Failed cells:", ""] + [f"- {f}" for f in failed] + [""]
@@ -217,7 +243,10 @@ def render(results_dir: Path, results_link: str = "../results") -> str:
     if not tables:
         parts += ["No results yet: run `uebench run`.", ""]
     for entries in tables.values():
-        parts.append(render_table(entries, results_link))
+        ratios = ratios_of(entries)
+        parts += [render_table(entries, results_link, ratio) for ratio in ratios]
+        if len(ratios) > 1:
+            parts.append(render_ratios(entries))
     if unreadable:
         parts += ["Unreadable records (left out of the tables; re-run to redo them):", ""]
         parts += [f"- `{p.relative_to(results_dir).as_posix()}`: {md(why)}" for p, why in unreadable] + [""]
@@ -229,8 +258,12 @@ def heatmaps(results_dir: Path) -> dict[str, tuple[pd.DataFrame, str]]:
     tables, _ = collect(Path(results_dir))
     out = {}
     for entries in tables.values():
-        view = gather(entries)
-        out[heatmap_name(view)] = (accuracy_frame(view), title_of(view.table))
+        ratios = ratios_of(entries)
+        for ratio in ratios:
+            view = gather(entries, ratio=ratio)
+            out[heatmap_name(view)] = (accuracy_frame(view), title_of(view.table) + ratio_heading(ratio))
+        if len(ratios) > 1:
+            out[ratio_figure_name(view)] = (ratio_frame(entries), title_of(view.table))
     return out
 
 
@@ -240,7 +273,7 @@ def write(results_dir: Path, out_path: Path) -> Path:
     link = os.path.relpath(Path(results_dir).resolve(), out_path.parent.resolve())
     frames = heatmaps(results_dir)
     for name in stale_heatmaps(results_dir, out_path, frames):      # unchanged pictures stay as they are
-        draw(*frames[name], out_path.parent / name)
+        (draw_ratio if name.startswith("ratio-") else draw)(*frames[name], out_path.parent / name)
     write_atomic(out_path, render(results_dir, results_link=Path(link).as_posix()))
     return out_path
 
@@ -251,3 +284,4 @@ def stale_heatmaps(results_dir: Path, out_path: Path, frames: dict | None = None
     frames = heatmaps(results_dir) if frames is None else frames
     return sorted(name for name, (frame, title) in frames.items()
                   if drawn_from(Path(out_path).parent / name) != data_key(frame, title))
+

@@ -1,6 +1,8 @@
-"""Classifiers: a CIFAR-style ResNet-18 and a small CNN for CPU runs.
+"""Classifiers: a CIFAR-style ResNet-18 and a small CNN for CPU runs; the other victim
+architectures (ResNet-50, VGG-16-BN, MobileNetV2, DenseNet-121, ViT-Tiny, and width variants
+``NAME-wF`` of every family) are in :mod:`uebench.victims`, behind the same :func:`create_model`.
 
-Both take images in [0, 1] of any size and channel count and normalise inside the
+All take images in [0, 1] of any size and channel count and normalise inside the
 model, so every attack and defense works on raw [0, 1] pixels.
 """
 from __future__ import annotations
@@ -92,8 +94,25 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def create_model(name: str, in_channels: int, num_classes: int) -> nn.Module:
-    """Build a classifier by name. Every model exposes ``features`` and ``fc``."""
+def check_model(name: str) -> None:
+    """Raise a ValueError with a one-line reason unless ``name`` is a model create_model builds."""
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
-    return MODELS[name](in_channels=in_channels, num_classes=num_classes)
+        from uebench.victims import parse_model
+        parse_model(name)
+
+
+def is_model(name) -> bool:
+    try:
+        check_model(str(name))
+    except ValueError:
+        return False
+    return True
+
+
+def create_model(name: str, in_channels: int, num_classes: int) -> nn.Module:
+    """Build a classifier by name (``smallcnn``, ``resnet18``, or a :mod:`uebench.victims` name
+    such as ``mobilenetv2-w0.5``). Every model exposes ``features`` and ``fc``."""
+    if name in MODELS:     # the two models of the committed tables, exactly as they were made
+        return MODELS[name](in_channels=in_channels, num_classes=num_classes)
+    from uebench.victims import build
+    return build(name, in_channels, num_classes)

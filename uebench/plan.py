@@ -22,6 +22,7 @@ from uebench.budget import budget_warning, declared_threat_model
 from uebench.data import KNOWN_SIZES, DataNotFound, Dataset, Splits, load_dataset, make_splits, subset_name
 from uebench.presets import TableConfig, table_config
 from uebench.protocols import get_protocol
+from uebench.ratio import CLEAN_PART, FULL, grid_cells, ratio_of, seed_file
 from uebench.records import Record, hparams_as_made, read_record
 from uebench.registry import ATTACKS, DEFENSES, UserError, did_you_mean, load_plugin
 from uebench.storage import code_fingerprint, content_key
@@ -55,6 +56,7 @@ class RunSpec:
     force: bool = False
     progress: bool = True
     plugins: list[str] = field(default_factory=list)
+    poison_ratios: list[float] | None = None                      # --poison-ratio; None: 1.0 (see ratio.py)
 
 
 
@@ -77,7 +79,7 @@ class ConfiguredMethod:
     @property
     def instance(self) -> Any:
         """The Attack / Defense object (None for the clean row)."""
-        if self._instance is None and self.name != CLEAN:
+        if self._instance is None and self.name not in (CLEAN, CLEAN_PART):
             registry = ATTACKS if self.kind == "attack" else DEFENSES
             self._instance = registry.get(self.name)(**self.params)
         return self._instance
@@ -91,12 +93,14 @@ class Cell:
     attack: ConfiguredMethod
     defense: ConfiguredMethod
     seed: int
+    ratio: float = FULL       # the poisoned fraction of the protected split (ratio.py)
+
     def path(self, table_dir: Path) -> Path:
         return table_dir / self.relpath
 
     @property
     def relpath(self) -> str:
-        return f"{self.attack.folder}/{self.defense.folder}/seed{self.seed}.json"
+        return f"{self.attack.folder}/{self.defense.folder}/{seed_file(self.seed, self.ratio)}"
 
     @cached_property          # a resume compares it with every record
     def params_key(self) -> str:
@@ -122,7 +126,7 @@ class Plan:
 
     def poison_sets(self) -> list[tuple[ConfiguredMethod, int]]:
         """(attack, seed) of every poison set the pending cells need, each once."""
-        return sorted({(c.attack, c.seed) for c in self.pending if c.attack.name != CLEAN},
+        return sorted({(c.attack, c.seed) for c in self.pending if c.attack.name not in (CLEAN, CLEAN_PART)},
                       key=lambda p: (p[0].folder, p[1]))
 
     def shared_models(self) -> list[tuple[ConfiguredMethod, int]]:
@@ -156,6 +160,7 @@ def configure(registry, name: str, preset: str, params: dict) -> ConfiguredMetho
         instance = cls.for_preset(preset, **typed_hparams(cls, params))
         if registry.kind == "attack":
             declared_threat_model(instance, NOMINAL_SHAPE)
+        check_architectures(cls, params)
     except (TypeError, ValueError) as err:
         raise UserError(f"bad hyperparameters for {registry.kind} {name} ({given}): {err}") from err
     folder = name
@@ -163,6 +168,21 @@ def configure(registry, name: str, preset: str, params: dict) -> ConfiguredMetho
         folder = f"{name}@{content_key(hparams(instance))[:6]}"
     return ConfiguredMethod(registry.kind, name, folder, hparams(instance), instance, code_fingerprint(cls),
                             legacy_code=code_fingerprint(cls, version=1))
+
+
+def check_architectures(cls: type, params: dict) -> None:
+    """A hyperparameter that names a network (``surrogate``, ``arch`` or ``*_arch``, whose
+    default is None or one of uebench's models) must name a known model: ``-A em.surrogate=resnet99``
+    is refused before any work, not inside the cell."""
+    from uebench.models import check_model, is_model
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    for key, value in params.items():
+        names_a_model = key in ("surrogate", "arch") or key.endswith("_arch")
+        if names_a_model and (defaults.get(key) is None or is_model(defaults.get(key))) and value is not None:
+            try:
+                check_model(str(value))
+            except ValueError as err:
+                raise ValueError(f"{key}={value!r} is not a model: {err}") from None
 
 
 def table_identity(cfg: TableConfig, dataset: Dataset) -> tuple[str, dict]:
@@ -174,6 +194,8 @@ def table_identity(cfg: TableConfig, dataset: Dataset) -> tuple[str, dict]:
              "contrastive": get_protocol(cfg.protocol).settings(cfg)}
     if cfg.cell_threads is not None:   # absent from the tables made before it was a recipe field
         ident["cell_threads"] = cfg.cell_threads
+    if cfg.surrogate is not None:      # likewise: poisons crafted on another architecture than the victim
+        ident["surrogate"] = cfg.surrogate
     return f"{cfg.protocol}-{cfg.model}-{cfg.train.epochs}ep-{content_key(ident)[:6]}", ident
 
 
@@ -242,12 +264,12 @@ def make_plan(spec: RunSpec, without_data: bool = False) -> Plan:
         dataset.check_every_class_trained(splits.protected)
     for attack in attacks[1:]:
         attack.warnings = budget_warnings(attack, dataset.image_shape)
+    cells = grid_cells(attacks, defenses, cfg.seeds, spec.poison_ratios, len(splits.protected))  # checks the ratios
     results_dir = Path(spec.results_dir)
     if not without_data:             # planning writes nothing
         check_writable(results_dir)  # makes the folder: only once the input is known to be good
     table_id = table_identity(cfg, dataset)[0] if on_disk else None
     table_dir = results_dir / dataset.name / table_id if on_disk else None
-    cells = [Cell(a, d, s) for a in attacks for d in defenses for s in cfg.seeds]
     pending, corrupt = (cells, []) if spec.force or not on_disk else scan_records(cells, table_dir)
     # the plan outlives the cells the driver runs: it keeps no test image (see job.test_split)
     return Plan(spec, cfg, dataset.without_test(), splits, table_id, table_dir, cells, pending, corrupt)
@@ -287,7 +309,7 @@ def scan_records(cells: list[Cell], table_dir: Path) -> tuple[list[Cell], list[P
 
 def finished_as(record: Record, cell: Cell) -> bool:
     """Whether ``record`` is a final result of ``cell`` as it is configured and coded now."""
-    if not record.finished_ok:
+    if not record.finished_ok or ratio_of(record) != cell.ratio:
         return False
     made_with = params_key(hparams_as_made(record.attack.name, record.attack.hparams),
                            hparams_as_made(record.defense.name, record.defense.hparams))

@@ -22,9 +22,16 @@ from uebench.storage import content_key, write_atomic
 def poison_path(job: Job, attack: ConfiguredMethod, seed: int, dataset: Dataset) -> Path:
     key = {"attack": attack.name, "hparams": hparams(attack.instance), "dataset": dataset.identity(),
            "n_reference": job.config.n_reference, "n_protected": job.config.n_protected,
-           "split_seed": job.config.split_seed, "seed": seed, "model": job.config.model,
+           "split_seed": job.config.split_seed, "seed": seed, "model": crafting_model(job),
            "code": attack.code}
     return job.cache_dir / "poisons" / f"{attack.name}-{content_key(key)}.pt"
+
+
+def crafting_model(job: Job) -> str:
+    """The architecture ``ctx.model`` names while a poison is crafted: the table's ``--surrogate``,
+    else the victim. The cache is keyed on it, not on the victim, so tables of other victims
+    with the same surrogate share one poison set (and a table without one keeps its keys)."""
+    return job.config.surrogate or job.config.model
 
 
 def make_poison(job: Job, attack: ConfiguredMethod, seed: int, remake: bool = False) -> dict:
@@ -46,6 +53,7 @@ def make_poison(job: Job, attack: ConfiguredMethod, seed: int, remake: bool = Fa
         x = to_tensor(dataset.x_train[splits.protected])
         y = torch.from_numpy(dataset.y_train[splits.protected])
         ctx = make_context(job, dataset, seed, train_indices=torch.from_numpy(splits.protected))
+        ctx.model = crafting_model(job)      # the surrogate of every attack whose own setting is unset
         start = time.perf_counter()
         poisoned = attack.instance(x, y, ctx)
         entry = {"x": poisoned, "seconds": time.perf_counter() - start, "notes": ctx.notes}

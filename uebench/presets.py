@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from uebench.registry import UserError, did_you_mean
-from uebench.models import MODELS
+from uebench.models import check_model
 from uebench.protocols import PROTOCOLS
 from uebench.train import CROP_FILLS, TrainConfig
 
@@ -38,6 +38,10 @@ class TableConfig:
     # on a 15-epoch cell), so fixing it makes local, --jobs N and Ray runs give one table.
     # None: as the scheduler gives (the `cpu` table, made before this field; GPU presets).
     cell_threads: int | None = None
+    # the architecture every attack crafts its poison with, where the attack trains one and its
+    # own `surrogate` / `arch` hyperparameter is unset (--surrogate); None: the victim (`model`),
+    # as in every table made before this field (it joins the table id only when set)
+    surrogate: str | None = None
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -93,6 +97,8 @@ def table_config(preset: str, **overrides: Any) -> TableConfig:
             values[key] = value
     cfg = TableConfig(preset=preset, train=train, **values)
     cfg.seeds = tuple(int(s) for s in cfg.seeds)
+    if cfg.surrogate == cfg.model:   # the default, said out loud: the same table
+        cfg.surrogate = None
     validate(cfg)
     return cfg
 
@@ -108,8 +114,9 @@ def validate(cfg: TableConfig) -> None:
         (math.isfinite(t.weight_decay) and t.weight_decay >= 0,
          f"--weight-decay must be a finite number >= 0, got {t.weight_decay}"),
         (math.isfinite(t.momentum) and 0 <= t.momentum < 1, f"momentum must be in [0, 1), got {t.momentum}"),
-        (cfg.model in MODELS, f"unknown --model {cfg.model!r}: {did_you_mean(cfg.model, MODELS)}"
-                              f"choose one of {', '.join(MODELS)}"),
+        (_model_problem(cfg.model) is None, f"--model: {_model_problem(cfg.model)}"),
+        (cfg.surrogate is None or _model_problem(cfg.surrogate) is None,
+         f"--surrogate: {_model_problem(cfg.surrogate or '')}"),
         (t.schedule in ("onecycle", "cosine", "multistep"), f"--schedule must be onecycle, cosine or multistep, got {t.schedule!r}"),
         (t.crop_fill in CROP_FILLS, f"--crop-fill must be {' or '.join(CROP_FILLS)}, got {t.crop_fill!r}"),
         (len(cfg.seeds) >= 1, "give at least one seed"),
@@ -127,3 +134,16 @@ def validate(cfg: TableConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise UserError(message)
+
+
+def _model_problem(name: str) -> str | None:
+    """Why ``name`` is not a model uebench builds (with the closest names), or None."""
+    try:
+        check_model(name)
+    except ValueError as err:
+        from uebench.victims import FAMILIES
+        family = name.split("-w")[0]
+        hint = did_you_mean(family, FAMILIES) if family not in FAMILIES else ""
+        what, _, choices = str(err).partition(": ")
+        return f"{what}: {hint}{choices}" if hint and choices else f"{hint}{err}"
+    return None

@@ -3,6 +3,7 @@
 Layout (browsable, kept in git for the tables we publish)::
 
     results/<dataset>/<table-id>/<attack>/<defense>/seed<k>.json
+    results/<dataset>/<table-id>/<attack>/<defense>/seed<k>-ratio<r>.json   (poison ratio r < 1)
 
 ``table-id`` names the protocol, model and epochs and ends in a hash of the whole table
 configuration, so records of different protocols never mix. An attack or defense run
@@ -112,6 +113,9 @@ class TableInfo:
     train: dict                     # the victim's TrainConfig.as_dict()
     split: dict                     # n_protected, n_reference, n_test, split_seed
     contrastive: dict = field(default_factory=dict)
+    # the architecture the poisons were crafted on (--surrogate) where it is not the victim
+    # (``model``); None: the victim, as in every record before the option existed
+    surrogate: str | None = None
 
 
 @dataclass
@@ -134,6 +138,7 @@ class Record:
     error: str | None = None
     traceback: str | None = None
     budget: dict = field(default_factory=dict)      # measured linf_max, l2_max, l0_max
+    poison: dict | None = None      # below poison ratio 1: ratio, n_poisoned, indices_sha256 (ratio.py); None: 1
     notes: dict = field(default_factory=dict)       # facts the methods reported: {"attack": {}, "defense": {}}
     timing: dict = field(default_factory=dict)      # poison_s, fit_s, cell_s
     warnings: list = field(default_factory=list)

@@ -40,7 +40,7 @@ class PluginError(UserError):
 # Names of data (npz-cifar10_subset) and table ids, made from input, follow the wider SEGMENT.
 METHOD_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{0,63}")
 SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,127}")
-RESERVED = {"attack": {"clean"}}           # the row without an attack has a folder of its own
+RESERVED = {"attack": {"clean", "clean-part"}}   # the rows without an attack (ratio.py) have folders of their own
 
 
 def safe_segment(text: object, pattern: re.Pattern = SEGMENT) -> bool:

@@ -17,9 +17,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from uebench.leaderboard import accuracy_frame, collect, figure_of, gather, heatmap_name, protocol_text, title_of
-from uebench.heatmap import draw
+from uebench.leaderboard import (accuracy_frame, at_ratio, collect, figure_of, gather, heatmap_name, protocol_text,
+                                 ratio_figure_name, ratio_frame, ratio_heading, ratios_of, title_of)
+from uebench.heatmap import draw, draw_ratio
 from uebench.plan import CLEAN
+from uebench.ratio import CLEAN_PART
 from uebench.registry import UserError
 from uebench.storage import write_atomic
 
@@ -105,14 +107,21 @@ def build_site(results_dir: Path, out_dir: Path) -> None:
     tables, unreadable = collect(results_dir)
     sections = []
     for entries in tables.values():
-        view = gather(entries)
-        draw(accuracy_frame(view), title_of(view.table), out_dir / heatmap_name(view))
         for path, _ in entries:                      # the records (and figures) the cells link to
             copy(results_dir / path, out_dir / "results" / path)
             figure = results_dir / Path(path).with_suffix("") / "examples.png"
             if figure.exists():
                 copy(figure, out_dir / "results" / Path(path).with_suffix("") / "examples.png")
-        sections.append(section(view, entries, out_dir))
+        ratios = ratios_of(entries)
+        for ratio in ratios:                         # a table per poison ratio (1: the whole protected split)
+            view = gather(entries, ratio=ratio)
+            draw(accuracy_frame(view), title_of(view.table) + ratio_heading(ratio), out_dir / heatmap_name(view))
+            sections.append(section(view, at_ratio(entries, ratio), out_dir))
+        if len(ratios) > 1:
+            draw_ratio(ratio_frame(entries), title_of(view.table), out_dir / ratio_figure_name(view))
+            sections.append(f'<h3>{html.escape(title_of(view.table))}: accuracy against the poison ratio, no defense '
+                            f'(dashed: trained on the clean part alone)</h3>\n<img class="heatmap" src='
+                            f'"{html.escape(ratio_figure_name(view))}" alt="accuracy against the poison ratio">\n')
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>uebench leaderboard</title>
 <meta name="viewport" content="width=device-width, initial-scale=1"><style>{STYLE}</style></head>
@@ -141,7 +150,7 @@ def section(view, entries, page_dir: Path) -> str:
     rows = []
     for attack in view.rows:
         finished = [v for v in frame.loc[attack] if not math.isnan(v)]
-        best = max(finished) if attack != CLEAN and len(finished) > 1 else None
+        best = max(finished) if attack not in (CLEAN, CLEAN_PART) and len(finished) > 1 else None
         cells = []
         for defense in view.cols:
             value = frame.loc[attack, defense]
@@ -157,11 +166,11 @@ def section(view, entries, page_dir: Path) -> str:
                       if figure and (page_dir / figure).exists() else "")
             cells.append(f'<td data-value="{value:.2f}"{mark}><a href="{html.escape(link)}" title="the record">'
                          f'{value:.1f}</a>{images}</td>')
-        kind = ' class="clean"' if attack == CLEAN else ""
+        kind = ' class="clean"' if attack in (CLEAN, CLEAN_PART) else ""     # the references stay on top
         rows.append(f'<tr{kind} data-name="{html.escape(attack)}"><td class="name">{html.escape(attack)}</td>'
                     f'<td class="name">{html.escape(view.threat.get(attack, ""))}</td>{"".join(cells)}</tr>')
     return f"""
-<h2>{html.escape(title_of(view.table))} <small><code>{html.escape(view.table.id)}</code></small></h2>
+<h2>{html.escape(title_of(view.table) + ratio_heading(view.ratio))} <small><code>{html.escape(view.table.id)}</code></small></h2>
 <p class="protocol">{html.escape(protocol_text(view.table).replace('`', ''))}</p>
 <img class="heatmap" src="{html.escape(heatmap_name(view))}" alt="heatmap of {html.escape(view.table.id)}">
 <table class="board"><thead><tr><th class="name" data-name="attack">attack</th>

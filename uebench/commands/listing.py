@@ -1,4 +1,5 @@
-"""`uebench list`: every attack and defense, with its threat model, target and paper."""
+"""`uebench list`: every attack and defense, with its threat model, target and paper; and
+`uebench list models`: every victim architecture, its parameter count, step time and paper."""
 from __future__ import annotations
 
 import argparse
@@ -6,7 +7,9 @@ import argparse
 
 def add_parser(sub) -> None:
     lst = sub.add_parser("list", help="list registered attacks and defenses")
-    lst.add_argument("kind", nargs="?", choices=["attacks", "defenses"], help="only this kind")
+    lst.add_argument("kind", nargs="?", choices=["attacks", "defenses", "models"], help="only this kind")
+    lst.add_argument("--time", action="store_true", help="models: measure each one's step time on this machine "
+                     "(batch 256, the current thread count; a minute or two)")
     lst.add_argument("--plugin", action="append", default=[], help="also load this plugin file or module")
 
 
@@ -16,6 +19,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     from uebench.budget import declared_threat_model
     from uebench.registry import ATTACKS, DEFENSES, PluginError, load_plugin
 
+    if args.kind == "models":
+        return list_models(args.time)
     broken_plugins = []
     for plugin in args.plugin:
         try:
@@ -45,4 +50,30 @@ def cmd_list(args: argparse.Namespace) -> int:
         print()
     for problem in broken_plugins:
         print(f"BROKEN plugin: {problem}")
+    return 0
+
+
+def list_models(measure: bool = False) -> int:
+    """Every family at its published width and at its CPU width (uebench.victims.CPU_WIDTHS)."""
+    from tabulate import tabulate
+
+    from uebench.models import create_model
+    from uebench.victims import CPU_WIDTHS, FAMILIES, STEP_SECONDS, parameter_count, step_seconds
+
+    rows = []
+    for family, info in FAMILIES.items():
+        names = [family] + ([f"{family}-w{CPU_WIDTHS[family]:g}"] if family in CPU_WIDTHS else [])
+        for name in names:
+            params = parameter_count(create_model(name, 3, 10))
+            seconds = step_seconds(name) if measure else STEP_SECONDS.get(name)
+            rows.append([name, f"{params / 1e6:.2f}M", f"{seconds:.2f}" if seconds else "",
+                         f"{470 * seconds / 60:.0f}" if seconds else "",
+                         "cpu" if name != family or family == "smallcnn" else "", info.reference, info.source])
+    print(f"models ({len(FAMILIES)} families; any of them as NAME-wF for width F, e.g. resnet50-w0.25)")
+    print(tabulate(rows, headers=["name", "params", "s/step", "cpu cell min", "scale", "paper", "built from"],
+                   tablefmt="simple"))
+    how = "measured now, at this process's thread count" if measure else \
+        "measured on the 2-core Xeon of the cpu table at 1 thread, others using the cores (±50 %; --time re-measures)"
+    print(f"\nparams at 3×32×32 and 10 classes; s/step: one SGD forward+backward step on 256 images, {how}; "
+          f"cpu cell min: 470 such steps (8,000 images × 15 epochs), training only")
     return 0

@@ -8,6 +8,7 @@ from typing import Any
 
 from uebench.commands import DEFAULT_LEADERBOARD, DEFAULT_RESULTS, leaderboard_path
 from uebench.commands.board import report_unreadable
+from uebench.ratio import parse_ratios, ratio_text
 from uebench.registry import UserError
 
 
@@ -21,7 +22,14 @@ def add_parser(sub) -> None:
     run.add_argument("--data-root", help="where torchvision datasets live (default ~/.cache/uebench/data)")
     run.add_argument("--download", action="store_true", help="allow downloading a torchvision dataset")
     run.add_argument("--seeds", type=str, help="e.g. 0,1,2 or 0-2 (default: the preset's)")
-    run.add_argument("--model", help="victim (and default surrogate) architecture: smallcnn | resnet18")
+    run.add_argument("--poison-ratio", type=str, metavar="R[,R...]", help="the poisoned fraction(s) of the "
+                     "protected split, each in (0, 1], e.g. 0.2,0.5,0.8,1.0 (default 1: all of it); below 1 the rest "
+                     "stays clean, and a clean-part row trains on the clean part alone")
+    run.add_argument("--model", help="victim (and default surrogate) architecture: smallcnn, resnet18, resnet50, "
+                     "vgg16, mobilenetv2, densenet121, vit-tiny, or NAME-wF for width F (uebench list models)")
+    run.add_argument("--surrogate", help="the architecture every attack that trains one crafts its poison on "
+                     "(unless its own surrogate/arch is set); default: the victim (--model). "
+                     "A cross-architecture table: --model X --surrogate smallcnn")
     run.add_argument("--protocol", help="supervised (default) | contrastive: see uebench/protocols/")
     for flag, kind in [("--epochs", int), ("--batch-size", int), ("--lr", float), ("--weight-decay", float),
                        ("--n-reference", int), ("--n-protected", int), ("--train-subset", int),
@@ -145,7 +153,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         args.attacks, args.defenses = FIRST_GRID["attacks"], FIRST_GRID["defenses"]
         args.seeds = FIRST_GRID["seeds"] if args.seeds is None else args.seeds
     args.attacks, args.defenses = args.attacks or "all", args.defenses or "all"
-    overrides = {k: getattr(args, k) for k in ("model", "protocol", "epochs", "batch_size", "lr", "weight_decay",
+    overrides = {k: getattr(args, k) for k in ("model", "surrogate", "protocol", "epochs", "batch_size", "lr", "weight_decay",
                                                 "n_reference", "n_protected", "train_subset", "test_subset", "cell_threads",
                                                 "schedule", "crop_fill", "compile") if getattr(args, k) is not None}
     spec = RunSpec(attacks=args.attacks, defenses=args.defenses, preset=args.preset, dataset=args.dataset,
@@ -156,7 +164,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                    data_root=str(Path(args.data_root).expanduser().resolve()) if args.data_root else None,
                    download=args.download, device=args.device, jobs=args.jobs, backend=args.backend,
                    retries=args.retries, cell_timeout=args.cell_timeout, ray_address=args.ray_address, force=args.force,
-                   progress=not args.quiet, plugins=args.plugin)
+                   progress=not args.quiet, plugins=args.plugin,
+                   poison_ratios=parse_ratios(args.poison_ratio) if args.poison_ratio is not None else None)
     check_worker_flags(spec)
     plan = make_plan(spec, without_data=args.dry_run)
     if first_grid:
@@ -176,7 +185,8 @@ def cmd_run(args: argparse.Namespace) -> int:
           f"{len(plan.pending)} to run, {len(plan.cells) - len(plan.pending)} already finished", file=sys.stderr)
     if args.dry_run:
         for cell in plan.pending:
-            print(f"{cell.attack.folder}\t{cell.defense.folder}\tseed {cell.seed}")
+            ratio = "" if cell.ratio == 1 else f"\tratio {ratio_text(cell.ratio)}"
+            print(f"{cell.attack.folder}\t{cell.defense.folder}\tseed {cell.seed}{ratio}")
         from uebench.cost import report
         from uebench.runner import resolve_device
         report(plan, resolve_device(args.device).type, args.throughputs, args.reference_table, args.results_dir)
