@@ -40,6 +40,7 @@ from torchvision.models.resnet import BasicBlock as TorchvisionBasicBlock
 from test_parity import golden
 from uebench.context import Context
 from uebench.data import to_tensor, to_uint8
+from uebench.models import BasicBlock
 from uebench.plan import configure
 from uebench.registry import ATTACKS
 from uebench.toolkit.perturb import pgd, pgd_step
@@ -75,27 +76,9 @@ class EMToyModel(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(self.block1(x), 1).flatten(1))
 
 
-class CifarBasicBlock(nn.Module):
-    """The basic block of the CIFAR ResNet-18 of the EM and REM repositories (conv1/bn1,
-    conv2/bn2, a ``shortcut`` of 1×1 conv + BN when the shape changes)."""
-
-    def __init__(self, c_in: int, c_out: int, stride: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c_out)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c_out)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
-
-    def forward(self, x):
-        out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
-        return F.relu(out + self.shortcut(x))
-
-
 class CifarResNet18(nn.Module):
-    """EM's ``models/ResNet.py::ResNet18`` = REM's ``models/resnet.py::resnet18(3, 10)``: stem
+    """EM's ``models/ResNet.py::ResNet18`` = REM's ``models/resnet.py::resnet18(3, 10)`` (its blocks
+    are uebench's own ``BasicBlock``, the same layer names and order): stem
     conv1/bn1, ``layer1``..``layer4`` of two blocks, ``linear``; parameters created in that
     order, so ``torch.manual_seed(0)`` reproduces the golden's hash."""
 
@@ -106,8 +89,8 @@ class CifarResNet18(nn.Module):
         c_in = 64
         for i, c_out in enumerate((64, 128, 256, 512), start=1):
             stride = 1 if i == 1 else 2
-            setattr(self, f"layer{i}", nn.Sequential(CifarBasicBlock(c_in, c_out, stride),
-                                                     CifarBasicBlock(c_out, c_out, 1)))
+            setattr(self, f"layer{i}", nn.Sequential(BasicBlock(c_in, c_out, stride),
+                                                     BasicBlock(c_out, c_out, 1)))
             c_in = c_out
         self.linear = nn.Linear(512, num_classes)
 
