@@ -301,6 +301,7 @@ def _poisons(results: Path) -> dict[str, torch.Tensor]:
     return {p.name: torch.load(p, weights_only=False)["x"] for p in (results / ".cache" / "poisons").glob("*.pt")}
 
 
+@pytest.mark.slow   # two smoke grids of every attack (about 40 s); .ci/run runs it
 def test_every_built_in_attack_makes_the_same_poison_with_a_cold_and_a_warm_cache(tmp_path):
     """The second run finds the surrogates and shared patterns the first one built (AAP's
     reference model, TAP's surrogate, UCL's patterns) and remakes the poisons with --force: the
