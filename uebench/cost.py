@@ -80,12 +80,16 @@ class Estimate:
 
 def find_reference(folders: list[Path], table_id: str | None, protocol: str | None = None
                    ) -> tuple[Path, list[Record]] | None:
-    """The folder and finished records of table ``table_id`` (None: a `cpu` table of ``protocol``),
-    from the first of ``folders`` that has it."""
+    """The folder and finished records of table ``table_id`` (None: the `cpu` table of ``protocol``,
+    the one of the preset's own victim, not a cross-architecture table beside it), from the first
+    of ``folders`` that has it."""
+    from uebench.presets import PRESETS
     for folder in folders:
         for (_, found), entries in collect(Path(folder))[0].items():
             table = entries[0][1].table
-            if found == table_id or (table_id is None and table.preset == "cpu" and table.protocol == protocol):
+            the_cpu_table = (table.preset == "cpu" and table.protocol == protocol and table.surrogate is None
+                             and table.model == PRESETS["cpu"]["model"])
+            if found == table_id or (table_id is None and the_cpu_table):
                 return Path(folder), [r for _, r in entries if r.status == "ok"]
     return None
 
