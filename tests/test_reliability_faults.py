@@ -31,13 +31,16 @@ from uebench import Attack, Defense, ThreatModel, register_attack, register_defe
 '''
 
 
+def _write(tmp_path: Path, plugin: str) -> Path:
+    """The plugin file a test loads with --plugin."""
+    path = tmp_path / "hostile_plugin.py"
+    path.write_text(PLUGIN_HEAD + plugin)
+    return path
+
+
 def run_cli(tmp_path: Path, *argv: str, plugin: str | None = None, timeout: float = 300,
             jobs: str = "1") -> subprocess.CompletedProcess:
-    extra = []
-    if plugin is not None:
-        path = tmp_path / "hostile_plugin.py"
-        path.write_text(PLUGIN_HEAD + plugin)
-        extra = ["--plugin", str(path)]
+    extra = [] if plugin is None else ["--plugin", str(_write(tmp_path, plugin))]
     return subprocess.run([sys.executable, "-m", "uebench.cli", "run", *SMALL, "--jobs", jobs, *extra,
                            "--results-dir", str(tmp_path / "results"), *argv],
                           capture_output=True, text=True, timeout=timeout,
@@ -178,10 +181,10 @@ class Sleeps(Defense):
 
 
 def test_a_real_interrupt_still_stops_the_grid(tmp_path):
-    (tmp_path / "hostile_plugin.py").write_text(PLUGIN_HEAD + SLEEPING_DEFENSE)
+    plugin = _write(tmp_path, SLEEPING_DEFENSE)
     mark = tmp_path / "fitting"
     driver = subprocess.Popen([sys.executable, "-m", "uebench.cli", "run", *SMALL, "--attacks", "random-noise",
-                               "--defenses", "sleeps", "--plugin", str(tmp_path / "hostile_plugin.py"),
+                               "--defenses", "sleeps", "--plugin", str(plugin),
                                "--results-dir", str(tmp_path / "results")],
                               stderr=subprocess.PIPE, text=True,
                               env={**os.environ, "OMP_NUM_THREADS": "1", "UEBENCH_TEST_MARK": str(mark)})
@@ -213,12 +216,6 @@ def test_a_cell_over_its_time_limit_fails_and_frees_its_claim(tmp_path, jobs):
     assert not list((tmp_path / "results").rglob("*.claim*"))    # nothing holds a cell any more
 
 
-def _write(tmp_path: Path, plugin: str) -> Path:
-    path = tmp_path / "hostile_plugin.py"
-    path.write_text(PLUGIN_HEAD + plugin)
-    return path
-
-
 @pytest.mark.parametrize("value", ["0", "-5", "nan", "inf"])
 def test_a_bad_time_limit_is_one_line(tmp_path, value):
     done = run_cli(tmp_path, "--attacks", "random-noise", "--defenses", "none", "--cell-timeout", value)
@@ -231,11 +228,11 @@ def test_a_bad_time_limit_is_one_line(tmp_path, value):
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds worker processes through Linux /proc")
 def test_a_thousand_jobs_start_no_more_workers_than_cores_and_none_outlives_sigterm(tmp_path):
-    (tmp_path / "hostile_plugin.py").write_text(PLUGIN_HEAD + SLEEPING_DEFENSE)
+    plugin = _write(tmp_path, SLEEPING_DEFENSE)
     mark = tmp_path / "fitting"
     driver = subprocess.Popen([sys.executable, "-m", "uebench.cli", "run", *SMALL, "--jobs", "1000",
                                "--attacks", "random-noise", "--defenses", "sleeps",
-                               "--plugin", str(tmp_path / "hostile_plugin.py"),
+                               "--plugin", str(plugin),
                                "--results-dir", str(tmp_path / "results")],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               env={**os.environ, "OMP_NUM_THREADS": "1", "UEBENCH_TEST_MARK": str(mark)})
