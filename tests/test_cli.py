@@ -162,7 +162,7 @@ def test_output_that_is_not_a_terminal_gets_one_line_per_finished_cell(tmp_path,
     cells = [line for line in err.splitlines() if line.startswith("uebench: [") and " × " in line]
     assert len(cells) == 6                                   # (clean + 2 attacks) × (none + iss-gray)
     assert cells[-1].startswith("uebench: [6/6] ") and "(0 cells left)" in cells[-1]
-    assert all(re.search(r" seed 0: \d+\.\d % in \d+ s \(\d cells left", line) for line in cells)
+    assert all(re.search(r" seed 0: clean test accuracy \d+\.\d % in \d+ s \(\d cells left", line) for line in cells)
     assert "about" in cells[0]                               # an estimate while cells are left
     poisons = [line for line in err.splitlines() if line.startswith("uebench: [") and "poison set" in line]
     assert len(poisons) == 2 and all(line.endswith("left)") or "left, about" in line for line in poisons)

@@ -5,10 +5,10 @@ defense (purify, transform, train) → evaluate → record (one JSON per cell) �
 """
 __version__ = "0.1.0"
 
-from uebench.api import Attack, Defense, ThreatModel  # noqa: E402
+from uebench.api import Attack, Defense, Detector, ThreatModel  # noqa: E402
 from uebench.registry import ATTACKS, DEFENSES, register_attack, register_defense  # noqa: E402
 
-__all__ = ["Attack", "Defense", "ThreatModel", "ATTACKS", "DEFENSES", "register_attack", "register_defense",
+__all__ = ["Attack", "Defense", "Detector", "ThreatModel", "ATTACKS", "DEFENSES", "register_attack", "register_defense",
            "load_table"]
 
 

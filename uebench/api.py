@@ -28,7 +28,10 @@ if TYPE_CHECKING:  # imported for type hints only, to keep plugin import light
     from uebench.context import Context
 
 NORMS = ("linf", "l2", "l0", "conv", "none")
-PROTOCOLS = tuple(_REGISTERED)   # the protocols' names (uebench.protocols): a defense applies to all by default
+# the protocols' names (uebench.protocols): a defense applies to every protocol that trains a victim
+# through defenses by default, a detector to the detection protocol
+PROTOCOLS = tuple(name for name, p in _REGISTERED.items() if p.column == "defense")
+DETECTION = tuple(name for name, p in _REGISTERED.items() if p.column == "detector")
 
 
 @dataclass(frozen=True)
@@ -240,6 +243,14 @@ class Defense(Method):
         """The training loss on one batch (cross-entropy by default; soft labels allowed)."""
         return F.cross_entropy(model(x), y)
 
+    def leaked_pairs(self) -> int:
+        """How many (clean, protected) pairs of the protected split the defense's threat model
+        lets it see (0, the default: none). A defense that returns k > 0 finds k seeded pairs in
+        ``ctx.leaked_pairs`` (clean images, their protected versions) during ``fit``; the record
+        keeps k and the draw, and the table says so. No other defense ever sees a clean image
+        of the protected split."""
+        return 0
+
     def transform_test(self, x: torch.Tensor) -> torch.Tensor:
         """Transform test images before evaluation; set ``transforms_test`` if overridden."""
         return x
@@ -249,3 +260,31 @@ class Defense(Method):
         """Train a classifier on the (possibly poisoned) set ``x, y``."""
         x = self.purify(x, y, reference, ctx)
         return ctx.train_classifier(x, y, defense=self)
+
+
+@dataclass
+class Detector(Defense):
+    """A detector of unlearnable examples: it scores every training image, higher meaning more
+    likely protected. Override :meth:`score`, and :meth:`flag` for a decision rule of its own.
+
+    It applies to the detection protocol only (``--protocol detection``,
+    :mod:`uebench.protocols.detection`): the cell hands it the protected split with a seeded half
+    of it poisoned and the clean reference split (clean images it may use), never the mask, and
+    measures the AUROC of its scores against the mask and the accuracy of its flags. Its name
+    contains ``detect``.
+    """
+
+    protocols: ClassVar[tuple[str, ...]] = DETECTION
+
+    def score(self, x: torch.Tensor, y: torch.Tensor, reference: tuple[torch.Tensor, torch.Tensor],
+              ctx: "Context") -> torch.Tensor:
+        """One score per image of ``x`` (shape (N,)): higher is more likely protected."""
+        raise NotImplementedError
+
+    def flag(self, scores: torch.Tensor) -> torch.Tensor:
+        """The detector's own yes/no decision per image (bool, shape (N,)); by default a score
+        above 0.5 (for scores that are probabilities)."""
+        return scores > 0.5
+
+    def fit(self, x, y, reference, ctx):
+        raise TypeError(f"{self.name} is a detector: it scores images (--protocol detection), it trains no victim")

@@ -23,8 +23,8 @@ from uebench.job import Job, make_context, setup_worker, test_split, worker_data
 from uebench.plan import Cell, ConfiguredMethod, finished_as
 from uebench.poisons import make_poison
 from uebench.protocols import get_protocol
-from uebench.ratio import FULL, apply_ratio
-from uebench.records import (AttackInfo, DefenseInfo, Metrics, Record, TableInfo, ThreatModelInfo, git_commit,
+from uebench.ratio import FULL, apply_ratio, indices_sha256, leaked_indices
+from uebench.records import (AttackInfo, DefenseInfo, Record, TableInfo, ThreatModelInfo, git_commit,
                              read_record, write_record)
 from uebench import __version__
 
@@ -134,17 +134,17 @@ def _compute(job: Job, cell: Cell, dataset: Dataset, splits: Splits, record: Rec
                                    f"this row measures clean data")
     reference = (to_tensor(dataset.x_train[splits.reference]), torch.from_numpy(dataset.y_train[splits.reference]))
     ctx = make_context(job, dataset, cell.seed, artifact_dir=path.with_suffix(""))
+    k = defense.leaked_pairs()                 # what the defense's threat model grants it: k (clean, protected) pairs
+    if k:
+        leaked = leaked_indices(len(y), k, job.config.split_seed, cell.seed)
+        ctx.leaked_pairs = (x_clean[leaked].clone(), x[leaked].clone())
+        record.notes["leaked_pairs"] = {"k": k, "indices_sha256": indices_sha256(leaked),
+                                        "draw": "the first k of a torch.randperm of the protected split"}
     torch.manual_seed(cell.seed)
-    fit_start = time.perf_counter()
-    # the defense gets copies: one that changes its input in place cannot change what the
-    # cell measures its training accuracy on
-    model = defense.fit(x.clone(), y.clone(), (reference[0].clone(), reference[1].clone()), ctx)
-    record.timing["fit_s"] = round(time.perf_counter() - fit_start, 2)
-    transform = defense.transform_test if defense.transforms_test else None
-    x_test, y_test = test_split(job)          # read only now, after the defense's code has run
-    protocol = get_protocol(job.config.protocol)   # what the cell measures
-    record.metrics = Metrics(test_acc=protocol.evaluate(model, x_test, y_test, transform=transform),
-                             train_acc=protocol.evaluate(model, x, y), n_test=len(y_test), n_train=len(y))
+    protocol = get_protocol(job.config.protocol)   # what the cell measures (protocols/)
+    # the test split is read only inside measure, after the defense's code has run
+    record.metrics, fit_s = protocol.measure(defense, x, y, x_clean, reference, ctx, lambda: test_split(job))
+    record.timing["fit_s"] = round(fit_s, 2)
     if ctx.previews:
         ctx.notes["figure"] = save_figure(path.with_suffix(""), [x_clean, x, *ctx.previews.values()])
     record.notes["defense"] = dict(ctx.notes)

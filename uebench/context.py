@@ -38,6 +38,9 @@ class Context:
     # imports a released poison set); set while a poison set is made
     train_indices: torch.Tensor | None = None
     progress: bool = True
+    # (clean, protected) images of k protected images, for a defense whose threat model grants
+    # them (Defense.leaked_pairs); None for every other defense and for attacks
+    leaked_pairs: tuple | None = None
     notes: dict = field(default_factory=dict)  # output only: methods add facts for the record here
     # first images of what a defense made of the training set (e.g. "purified"); the runner
     # draws them under the clean and unlearnable images (which the defense never sees)

@@ -20,17 +20,19 @@ import pandas as pd
 
 from uebench.leaderboard import collect, gather, protocol_text, ratio_heading, ratios_of, title_of
 from uebench.plan import CLEAN, NONE
+from uebench.protocols import get_protocol
 from uebench.ratio import FULL
 from uebench.registry import UserError
 
-COLUMNS = ["dataset", "table", "protocol", "model", "preset", "poison_ratio", "attack", "budget", "defense", "mean",
-           "std", "seeds"]
+COLUMNS = ["dataset", "table", "protocol", "model", "preset", "poison_ratio", "attack", "budget", "defense", "metric",
+           "mean", "std", "seeds"]
 FORMATS = ("csv", "json", "latex")
 
 
 def load_table(results_dir: str | Path = "results", table: str | None = None) -> pd.DataFrame:
     """One row per cell (dataset, table, poison ratio, attack, defense) with finished seeds: ``mean``
-    and ``std`` of the clean test accuracy in percent (std NaN for one seed), ``seeds`` their count.
+    and ``std`` of the table's ``metric`` in percent (clean test accuracy; a detection table's
+    detector AUROC), std NaN for one seed, ``seeds`` their count.
     ``poison_ratio``: the poisoned fraction of the protected split (1: all of it; the clean row,
     which has no poison, is listed once, at 1); cells of different ratios are never averaged."""
     rows = []
@@ -48,13 +50,19 @@ def load_table(results_dir: str | Path = "results", table: str | None = None) ->
                     if len(values):
                         rows.append([dataset, table_id, view.table.protocol, view.table.model, view.table.preset,
                                      FULL if attack == CLEAN else ratio, attack, view.threat.get(attack, ""),
-                                     defense, values.mean(), values.std(ddof=1) if len(values) > 1 else np.nan,
+                                     defense, metric_of(view), values.mean(),
+                                     values.std(ddof=1) if len(values) > 1 else np.nan,
                                      len(values)])
     frame = pd.DataFrame(rows, columns=COLUMNS)
     if table is not None and frame.empty:
         known = sorted({table_id for _, table_id in collect(Path(results_dir))[0]})
         raise UserError(f"no finished cells in table {table!r} under {results_dir}; tables: {', '.join(known) or 'none'}")
     return frame
+
+
+def metric_of(view) -> str:
+    """What a table's numbers are, as its protocol names them."""
+    return get_protocol(view.table.protocol).metric
 
 
 def export(results_dir: str | Path, fmt: str, table: str | None = None) -> str:
@@ -92,7 +100,7 @@ def latex_table(cells: pd.DataFrame, title: str, protocol: str, ratio: float = F
         return "".join("\\" + c if c in "_%&#${}" else c for c in str(value))
 
     lines = [r"\begin{table}[t]", r"\centering", r"\small",
-             rf"\caption{{{escape(title + ratio_heading(ratio))}: clean test accuracy (\%), mean $\pm$ std over seeds. "
+             rf"\caption{{{escape(title + ratio_heading(ratio))}: {escape(cells.metric.iloc[0])} (\%), mean $\pm$ std over seeds. "
              rf"Protocol: {escape(protocol.replace('`', ''))}}}",
              r"\begin{tabular}{l" + "c" * len(defenses) + "}", r"\toprule",
              "attack & " + " & ".join(escape(d) for d in defenses) + r" \\", r"\midrule"]

@@ -26,7 +26,7 @@ def data_key(frame: pd.DataFrame, title: str) -> str:
 
 def draw(frame: pd.DataFrame, title: str, path: Path) -> None:
     """Draw ``frame`` (rows: attacks with the clean row first; columns: defenses with no defense
-    first) into the PNG ``path``."""
+    first, or detectors) into the PNG ``path``; the colour bar names ``frame.attrs["metric"]``."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -48,7 +48,8 @@ def draw(frame: pd.DataFrame, title: str, path: Path) -> None:
     for position, line in ((0.5, ax.axhline), (0.5, ax.axvline)):
         line(position, color="white", linewidth=2.5)
     ax.set_title(title, fontsize=9)
-    fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02).set_label("clean test accuracy (%)", fontsize=8)
+    fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02).set_label(f"{frame.attrs.get('metric', 'clean test accuracy')} (%)",
+                                                                         fontsize=8)
     fig.tight_layout()
     write_atomic(path, lambda tmp: fig.savefig(tmp, format="png",
                                                metadata={"Software": None, DATA_KEY: data_key(frame, title)}))

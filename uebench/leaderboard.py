@@ -128,7 +128,7 @@ def gather(entries: list[Entry], results_link: str = "../results", ratio: float 
         seeds.add(r.seed)
         versions.add(f"{r.uebench_version or '?'} ({(r.git_commit or '?')[:12]})")
         if r.status == "ok":
-            scores[key].append(r.metrics.test_acc)
+            scores[key].append(get_protocol(r.table.protocol).value(r.metrics))
             figure = figure_of(r)
             if figure:
                 fig_path = Path(path).with_suffix("") / figure
@@ -149,10 +149,13 @@ def figure_of(record: Record) -> str | None:
 
 
 def accuracy_frame(view: TableView) -> pd.DataFrame:
-    """Mean clean test accuracy (%) per attack (rows) and defense (columns); NaN where none finished."""
-    return pd.DataFrame([[100 * np.mean(view.scores[(a, d)]) if view.scores[(a, d)] else np.nan for d in view.cols]
+    """The mean of the table's metric (%; clean test accuracy, or a detector's AUROC) per attack
+    (rows) and defense (columns); NaN where none finished. ``attrs["metric"]`` names the metric."""
+    frame = pd.DataFrame([[100 * np.mean(view.scores[(a, d)]) if view.scores[(a, d)] else np.nan for d in view.cols]
                          for a in view.rows], index=pd.Index(view.rows, name="attack"),
                         columns=pd.Index(view.cols, name="defense"))
+    frame.attrs["metric"] = get_protocol(view.table.protocol).metric
+    return frame
 
 
 def heatmap_name(view: TableView) -> str:
@@ -209,19 +212,35 @@ def render_table(entries: list[Entry], results_link: str = "../results", ratio: 
         f"- **Data**: `{ds['name']}` ({ds['shape'][1]}×{ds['shape'][2]}×{ds['shape'][0]}); {split['n_protected']} "
         f"protected / {split['n_reference']} clean reference (defenses may use it) / {split['n_test']} test images.",
         *ratio_lines(view, entries),
+        *leak_lines([r for _, r in at_ratio(entries, ratio)]),
         f"- **Metric**: {get_protocol(table.protocol).metric} (%), mean ± std over seeds {', '.join(map(str, sorted(seeds)))}; "
-        f"(n=k): only k seeds finished; **bold**: best defense per attack; n/a: the defense does not apply to this protocol; "
+        f"(n=k): only k seeds finished; **bold**: best {get_protocol(table.protocol).column} per attack; n/a: the "
+        f"{get_protocol(table.protocol).column} does not apply to this protocol; "
         f"budget: the attack's declared threat model, checked before training.",
         f"- **uebench**: {', '.join(sorted(view.versions))}.",
     ]
     lines += ["", df.to_markdown(index=False, disable_numparse=True), "",
-              f"![clean test accuracy of {table.id}{ratio_heading(ratio)}]({heatmap_name(view)})", ""]
+              f"![{get_protocol(table.protocol).metric} of {table.id}{ratio_heading(ratio)}]({heatmap_name(view)})", ""]
     failed, figures = view.failed, view.figures
     if failed:
         lines += ["Failed cells:", ""] + [f"- {f}" for f in failed] + [""]
     if figures:
         lines += ["Examples (rows: clean / unlearnable / defended training images):", ""] + [f"- {f}" for f in sorted(figures)] + [""]
     return "\n".join(lines)
+
+
+def leak_lines(records: list[Record]) -> list[str]:
+    """The threat model of the defenses that saw leaked (clean, protected) pairs (Defense.leaked_pairs)."""
+    ks: dict[str, set[int]] = defaultdict(set)
+    for r in records:
+        leak = r.notes.get("leaked_pairs") if r.status == "ok" else None
+        if isinstance(leak, dict) and isinstance(leak.get("k"), int):
+            ks[r.defense.folder].add(leak["k"])
+    if not ks:
+        return []
+    granted = ", ".join(f"`{md(d)}` k = {'/'.join(map(str, sorted(v)))}" for d, v in sorted(ks.items()))
+    return [f"- **Leaked pairs**: {granted}: (clean, protected) pairs of the protected split, a seeded draw per "
+            f"cell, granted by the defense's threat model; no other defense sees a clean protected image."]
 
 
 def shown_path(folder: Path) -> str:

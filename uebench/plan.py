@@ -234,8 +234,9 @@ def make_plan(spec: RunSpec, without_data: bool = False) -> Plan:
         overrides["seeds"] = tuple(spec.seeds)
     cfg = table_config(spec.preset, **overrides)
 
+    protocol = get_protocol(cfg.protocol)
     attack_names = ATTACKS.select(_names(spec.attacks))
-    defense_names = DEFENSES.select(_names(spec.defenses))
+    defense_names = DEFENSES.select(_names(spec.defenses), lists=protocol.lists)   # a detection table's: detectors
     for kind, given, known in (("attack", spec.attack_params, attack_names),
                                ("defense", spec.defense_params, defense_names)):
         stray = set(given) - set(known)
@@ -243,8 +244,12 @@ def make_plan(spec: RunSpec, without_data: bool = False) -> Plan:
             raise UserError(f"hyperparameters given for {kind} {', '.join(sorted(stray))}, which is not selected")
     attacks = [ConfiguredMethod("attack", CLEAN, CLEAN, {})] + [
         configure(ATTACKS, n, cfg.preset, spec.attack_params.get(n, {})) for n in attack_names if n != CLEAN]
+    if protocol.column == "detector" and spec.poison_ratios not in (None, [FULL]):
+        raise UserError(f"--protocol {protocol.name} poisons a seeded half of each cell's split itself; "
+                        f"leave out --poison-ratio")
+    baseline = [NONE] if protocol.column == "defense" else []     # the undefended column, where there are defenses
     defenses = [configure(DEFENSES, d, cfg.preset, spec.defense_params.get(d, {}))
-                for d in dict.fromkeys([NONE] + defense_names)]
+                for d in dict.fromkeys(baseline + defense_names)]
 
     try:
         dataset = load_dataset(cfg.dataset, spec.data_root, spec.download, cfg.train_subset, cfg.test_subset,

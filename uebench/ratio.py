@@ -98,6 +98,15 @@ def poisoned_indices(n: int, ratio: float, split_seed: int, seed: int) -> torch.
     return order[:poisoned_count(n, ratio)].sort().values
 
 
+def leaked_indices(n: int, k: int, split_seed: int, seed: int) -> torch.Tensor:
+    """The sorted indices (into the protected split) of the k images whose clean versions leak to
+    a defense that is granted pairs (``Defense.leaked_pairs``): a seeded draw of its own."""
+    if not 1 <= k <= n:
+        raise ValueError(f"{k} leaked pairs asked of a protected split of {n} images; ask for 1..{n}")
+    key = int(content_key({"draw": "leaked-pairs", "split_seed": split_seed, "seed": seed}), 16)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(key))[:k].sort().values
+
+
 def indices_sha256(indices: torch.Tensor) -> str:
     """sha256 of the sorted indices written as decimal text, comma separated (``0,3,7``)."""
     return hashlib.sha256(",".join(map(str, indices.tolist())).encode()).hexdigest()

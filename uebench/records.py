@@ -120,10 +120,14 @@ class TableInfo:
 
 @dataclass
 class Metrics:
-    test_acc: float                 # clean test accuracy, the number the leaderboard shows
+    """What a cell measured; which number its table shows is its protocol's (``Protocol.value``)."""
+    test_acc: float | None = None   # clean test accuracy (supervised, contrastive)
     train_acc: float | None = None  # on the (poisoned, undefended) training images
     n_test: int | None = None
     n_train: int | None = None
+    auroc: float | None = None      # detection: AUROC of the detector's scores against the poison mask
+    flag_acc: float | None = None   # detection: accuracy of the detector's own yes/no decisions
+    n_poisoned: int | None = None   # detection: how many of the n_train images were protected
 
 
 @dataclass
@@ -248,7 +252,8 @@ def _name(accepted: frozenset) -> str:
 def _check_consistency(record: Record, where: str) -> None:
     if record.status not in STATUSES:
         raise RecordError(f"{where}: status must be one of {', '.join(STATUSES)}, got {record.status!r}")
-    if record.status == "ok" and record.metrics is None:
+    if record.status == "ok" and (record.metrics is None or
+                                  record.metrics.test_acc is None and record.metrics.auroc is None):
         raise RecordError(f"{where}: lacks metrics.test_acc (status ok)")
     if record.status in FINISHED and record.table is None:
         raise RecordError(f"{where}: lacks table (status {record.status})")

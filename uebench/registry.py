@@ -136,8 +136,9 @@ class Registry:
                 rows.append((name, None, self._broken.get(name, "unknown error")))
         return rows
 
-    def select(self, spec: str) -> list[str]:
-        """Names from ``all``, a comma list, or shell-style wildcards (``em*,tap``).
+    def select(self, spec: str, lists: Callable[[type], bool] | None = None) -> list[str]:
+        """Names from ``all``, a comma list, or shell-style wildcards (``em*,tap``); ``lists``:
+        which classes ``all`` and wildcards may pick (a table's protocol: detectors or defenses).
 
         Unknown names and patterns that match nothing raise before any work starts.
         """
@@ -145,9 +146,9 @@ class Registry:
         chosen: list[str] = []
         for part in [p.strip() for p in spec.split(",") if p.strip()]:
             if part == "all":
-                matches = [n for n in names if not self._by_name_only(n)]
+                matches = [n for n in names if self._listed(n, lists)]
             elif any(ch in part for ch in "*?["):
-                matches = [n for n in fnmatch.filter(names, part) if not self._by_name_only(n)]
+                matches = [n for n in fnmatch.filter(names, part) if self._listed(n, lists)]
                 if not matches:
                     raise UserError(f"no {self.kind} matches {part!r}; known: {', '.join(names)}")
             elif part in names:
@@ -159,12 +160,13 @@ class Registry:
             raise UserError(f"no {self.kind} selected; give names, wildcards or 'all'")
         return chosen
 
-    def _by_name_only(self, name: str) -> bool:
-        """Whether ``all`` and wildcards skip this method (a broken one is kept: planning reports it)."""
+    def _listed(self, name: str, lists: Callable[[type], bool] | None) -> bool:
+        """Whether ``all`` and wildcards pick this method (a broken one is kept: planning reports it)."""
         try:
-            return bool(getattr(self.get(name), "by_name_only", False))
+            cls = self.get(name)
         except PluginError:
-            return False
+            return True
+        return not getattr(cls, "by_name_only", False) and (lists is None or lists(cls))
 
     def _unknown(self, name: str) -> str:
         return (f"unknown {self.kind} {name!r}: {did_you_mean(name, self.names())}"

@@ -26,6 +26,7 @@ from uebench.plan import Cell, ConfiguredMethod, Plan, RunSpec, cache_dir_of, ma
 from uebench.poisons import craft_poison
 from uebench.presets import TableConfig
 from uebench.progress import Progress, duration, interactive
+from uebench.protocols import get_protocol
 from uebench.records import Record
 from uebench.registry import UserError
 from uebench.backends.ray import import_ray, ray_workers
@@ -197,5 +198,6 @@ def describe(record: Record) -> str:
     cell = f"{record.attack.folder} × {record.defense.folder} seed {record.seed}"
     seconds = record.timing.get("cell_s", 0.0)
     if record.status == "ok":
-        return f"{cell}: {100 * record.metrics.test_acc:.1f} % in {duration(seconds)}"
+        protocol = get_protocol(record.table.protocol)
+        return f"{cell}: {protocol.metric} {100 * protocol.value(record.metrics):.1f} % in {duration(seconds)}"
     return f"{cell}: {record.status} ({record.error})"

@@ -1,4 +1,4 @@
-"""`uebench list`: every attack and defense, with its threat model, target and paper; and
+"""`uebench list`: every attack, defense and detector, with its threat model, target and paper; and
 `uebench list models`: every victim architecture, its parameter count, step time and paper."""
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import argparse
 
 
 def add_parser(sub) -> None:
-    lst = sub.add_parser("list", help="list registered attacks and defenses")
-    lst.add_argument("kind", nargs="?", choices=["attacks", "defenses", "models"], help="only this kind")
+    lst = sub.add_parser("list", help="list registered attacks, defenses, detectors and models")
+    lst.add_argument("kind", nargs="?", choices=["attacks", "defenses", "detectors", "models"], help="only this kind")
     lst.add_argument("--time", action="store_true", help="models: measure each one's step time on this machine "
                      "(batch 256, the current thread count; a minute or two)")
     lst.add_argument("--plugin", action="append", default=[], help="also load this plugin file or module")
@@ -27,11 +27,14 @@ def cmd_list(args: argparse.Namespace) -> int:
             load_plugin(plugin)
         except PluginError as err:
             broken_plugins.append(str(err))
-    for kind, registry in (("attacks", ATTACKS), ("defenses", DEFENSES)):
+    # detectors register as defenses (their names contain "detect") and apply to --protocol detection
+    defenses = [entry for entry in DEFENSES.status() if not is_detector(entry[1])]
+    detectors = [entry for entry in DEFENSES.status() if is_detector(entry[1])]
+    for kind, entries in (("attacks", ATTACKS.status()), ("defenses", defenses), ("detectors", detectors)):
         if args.kind and args.kind != kind:
             continue
         rows = []
-        for name, cls, problem in registry.status():
+        for name, cls, problem in entries:
             if cls is None:
                 rows.append([name, "BROKEN", "", "", problem])
                 continue
@@ -43,7 +46,7 @@ def cmd_list(args: argparse.Namespace) -> int:
                 rows.append([name, "ok", threat, cls.target, cls.describe()])
             else:
                 rows.append([name, "ok", "", "/".join(cls.protocols), cls.describe()])
-        headers = ["name", "status", "threat model (32×32×3)" if kind == "attacks" else "", 
+        headers = ["name", "status", "threat model (32×32×3)" if kind == "attacks" else "",
                    "target" if kind == "attacks" else "protocols", "paper"]
         print(f"{kind} ({len(rows)})")
         print(tabulate(rows, headers=headers, tablefmt="simple"))
@@ -51,6 +54,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     for problem in broken_plugins:
         print(f"BROKEN plugin: {problem}")
     return 0
+
+
+def is_detector(cls) -> bool:
+    from uebench.api import Detector
+    return isinstance(cls, type) and issubclass(cls, Detector)
 
 
 def list_models(measure: bool = False) -> int:

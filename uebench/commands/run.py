@@ -30,7 +30,8 @@ def add_parser(sub) -> None:
     run.add_argument("--surrogate", help="the architecture every attack that trains one crafts its poison on "
                      "(unless its own surrogate/arch is set); default: the victim (--model). "
                      "A cross-architecture table: --model X --surrogate smallcnn")
-    run.add_argument("--protocol", help="supervised (default) | contrastive: see uebench/protocols/")
+    run.add_argument("--protocol", help="supervised (default) | contrastive | detection (the columns are detectors, "
+                     "uebench list detectors; --defenses picks them): see uebench/protocols/")
     for flag, kind in [("--epochs", int), ("--batch-size", int), ("--lr", float), ("--weight-decay", float),
                        ("--n-reference", int), ("--n-protected", int), ("--train-subset", int),
                        ("--test-subset", int), ("--cell-threads", int)]:

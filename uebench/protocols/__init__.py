@@ -3,6 +3,7 @@ chosen by the table's ``protocol`` name:
 
 - ``supervised``: the shared supervised recipe (supervised.py)
 - ``contrastive``: SimCLR without labels, then a linear probe (contrastive.py)
+- ``detection``: detectors score a half-poisoned split, the table shows their AUROC (detection.py)
 
 A new protocol is a module here with one :class:`Protocol` subclass, listed in
 :data:`PROTOCOLS`; the core (context, cell, plan, leaderboard) asks it, never its name.
@@ -11,9 +12,10 @@ from __future__ import annotations
 
 from uebench.protocols.base import Protocol
 from uebench.protocols.contrastive import Contrastive
+from uebench.protocols.detection import Detection
 from uebench.protocols.supervised import Supervised
 
-PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (Supervised(), Contrastive())}
+PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (Supervised(), Contrastive(), Detection())}
 
 
 def get_protocol(name: str) -> Protocol:
@@ -24,4 +26,4 @@ def get_protocol(name: str) -> Protocol:
         raise ValueError(f"unknown protocol {name!r}; choose one of {', '.join(PROTOCOLS)}") from None
 
 
-__all__ = ["PROTOCOLS", "Contrastive", "Protocol", "Supervised", "get_protocol"]
+__all__ = ["PROTOCOLS", "Contrastive", "Detection", "Protocol", "Supervised", "get_protocol"]

@@ -1,8 +1,10 @@
 """What an evaluation protocol is: :class:`Protocol`, the interface every protocol implements."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+import time
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, NamedTuple
 
+from uebench.records import Metrics
 from uebench.train import accuracy
 
 if TYPE_CHECKING:
@@ -11,6 +13,12 @@ if TYPE_CHECKING:
 
     from uebench.context import Context
     from uebench.records import TableInfo
+
+
+class Measured(NamedTuple):
+    """What one cell measured, and how long the method's own work took (``timing.fit_s``)."""
+    metrics: Metrics
+    fit_s: float
 
 
 class Protocol:
@@ -22,14 +30,45 @@ class Protocol:
 
     - ``name``: what tables, records and ``--protocol`` call it;
     - ``metric``: what a cell measures on the clean test set, as the leaderboard names it;
+    - ``column``: what a table's columns are, ``defense`` (a victim trained through each) or
+      ``detector`` (detection); ``all`` and wildcards pick those (:meth:`lists`);
     - :meth:`train`: the victim, a classifier of [0, 1] images (``Context.train_classifier``);
-    - :meth:`evaluate`: the cell's score of that victim on labelled images;
+    - :meth:`measure`: what one cell measures (by default: the victim trained through the
+      defense, scored with :meth:`evaluate` on the clean test split and its own training images);
+    - :meth:`value`: the number of a record's metrics that its table shows;
     - :meth:`settings`: its own settings in a table config, which records and table ids keep;
     - :meth:`length` and :meth:`describe`: how a table's title and text name its training.
     """
 
     name: ClassVar[str] = ""
     metric: ClassVar[str] = "clean test accuracy"
+    column: ClassVar[str] = "defense"
+
+    def lists(self, method: type) -> bool:
+        """Whether ``all`` and wildcards pick ``method`` (a defense class) for a table of this
+        protocol: the defenses, not the detectors (naming a method always picks it)."""
+        from uebench.api import Detector
+        return issubclass(method, Detector) == (self.column == "detector")
+
+    def measure(self, defense: Any, x: "torch.Tensor", y: "torch.Tensor", clean: "torch.Tensor",
+                reference: tuple, ctx: "Context",
+                test_split: Callable[[], tuple["torch.Tensor", "torch.Tensor"]]) -> Measured:
+        """One cell: ``defense.fit`` on copies of the training set ``x, y`` (``clean``: the same
+        images unpoisoned) and of the clean ``reference`` split, then the victim's score on the
+        test split, which ``test_split()`` reads only once the defense's code has returned."""
+        start = time.perf_counter()
+        # the defense gets copies: one that changes its input in place cannot change what the
+        # cell measures its training accuracy on
+        model = defense.fit(x.clone(), y.clone(), (reference[0].clone(), reference[1].clone()), ctx)
+        fit_s = time.perf_counter() - start
+        transform = defense.transform_test if defense.transforms_test else None
+        x_test, y_test = test_split()
+        return Measured(Metrics(test_acc=self.evaluate(model, x_test, y_test, transform=transform),
+                                train_acc=self.evaluate(model, x, y), n_test=len(y_test), n_train=len(y)), fit_s)
+
+    def value(self, metrics: Metrics) -> float | None:
+        """The number a table shows for a record's ``metrics`` (in [0, 1])."""
+        return metrics.test_acc
 
     def train(self, x: "torch.Tensor", y: "torch.Tensor", ctx: "Context", defense: Any = None,
               arch: str | None = None) -> "nn.Module":

@@ -101,13 +101,14 @@ def make_scheduler() -> "DDPMScheduler":
                          prediction_type="epsilon")
 
 
-def make_unet(config: DiffusionConfig, channels: int, size: int) -> "UNet2DModel":
-    """The ε-network; ``size`` is only recorded in the diffusers config."""
+def make_unet(config: DiffusionConfig, channels: int, size: int, in_channels: int | None = None) -> "UNet2DModel":
+    """The ε-network; ``size`` is only recorded in the diffusers config; ``in_channels``: more
+    input than output channels (a bridge's network sees its start image too)."""
     from diffusers import UNet2DModel
     levels = len(config.block_out_channels)
     down = ["AttnDownBlock2D" if i in config.attention_levels else "DownBlock2D" for i in range(levels)]
     up = ["AttnUpBlock2D" if levels - 1 - i in config.attention_levels else "UpBlock2D" for i in range(levels)]
-    return UNet2DModel(sample_size=size, in_channels=channels, out_channels=channels,
+    return UNet2DModel(sample_size=size, in_channels=in_channels or channels, out_channels=channels,
                        block_out_channels=config.block_out_channels, layers_per_block=config.layers_per_block,
                        down_block_types=tuple(down), up_block_types=tuple(up), add_attention=config.mid_attention,
                        attention_head_dim=None,   # one head over all channels, as DDPM

@@ -19,3 +19,14 @@ def jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
     encoded = encode_jpeg(list(to_uint8(x)), quality=quality)
     decoded = decode_jpeg(encoded, device=x.device)
     return torch.stack(decoded).to(x.dtype) / 255
+
+
+def add_levels(x: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """``x`` plus a whole number of uint8 levels per value, clipped to [0, 1]: an official export that
+    adds integer noise to uint8 images. A value of ``x`` on the uint8 grid lands exactly on the grid;
+    one off the grid (images that were never uint8) keeps its offset, so the noise stays within its
+    levels of the clean value."""
+    base = x.double() * 255
+    snapped = base.round()
+    base = torch.where((base - snapped).abs() < 1e-3, snapped, base)
+    return ((base + levels.double()).clamp(0, 255) / 255).float()
