@@ -1,8 +1,14 @@
 """Evidence (slow): the detection table and orthogonal projection on the CIFAR-10 subset (cpu preset).
 
-On images the project has never seen, at least one detector tells class-wise-noise images from
-clean ones (AUROC >= 0.9); on the clean row, which mixes clean with clean, every detector is at
-chance; and orthogonal projection wins back at least half of what class-wise noise took.
+What holds at this scale (leaderboard/ANALYSIS.md, "Detection"): every detector is at chance on the
+clean row, which mixes clean with clean (a detector that saw the mask, or scored by position, would
+not be); the bias-shifting noise test separates OPS images from clean ones (AUROC 0.93: a one-pixel
+shortcut survives a constant shift of the pixels, the images do not); the training-free residual
+detector sees the per-pixel class-wise noise of Huang et al.
+(``grid=32``, high-frequency) above chance; and orthogonal projection wins back at least half of
+what the table's (smooth) class-wise noise took. What does not hold: no detector reaches an AUROC
+of 0.9 on the table's smooth class-wise noise (0.50–0.57): a 4×4-grid pattern of 8/255 lies in the
+frequencies where natural images vary most, and half of each split is clean.
 """
 from __future__ import annotations
 
@@ -13,22 +19,30 @@ from conftest import won_back
 pytestmark = pytest.mark.slow
 
 DETECTORS = ["simple-net-detect", "bias-shift-detect", "residual-detect"]
+DETECTION = {"overrides": {"protocol": "detection"}}
 
 
 @pytest.fixture(scope="module")
 def detection(evidence_records):
-    records = evidence_records(["clean", "classwise-noise"], DETECTORS, overrides={"protocol": "detection"})
+    records = evidence_records(["clean", "classwise-noise"], DETECTORS, **DETECTION)
     return {key: r.metrics.auroc for key, r in records.items()}
-
-
-def test_a_detector_separates_class_wise_noise_from_clean_images(detection):
-    best = max(detection["classwise-noise", d] for d in DETECTORS)
-    assert best >= 0.9, {d: detection["classwise-noise", d] for d in DETECTORS}
 
 
 def test_every_detector_is_at_chance_on_clean_images(detection):
     for d in DETECTORS:
-        assert 0.4 <= detection["clean", d] <= 0.6, (d, detection["clean", d])
+        assert 0.45 <= detection["clean", d] <= 0.55, (d, detection["clean", d])
+
+
+def test_the_bias_shifting_test_separates_ops_images_from_clean_ones(evidence_records):
+    records = evidence_records(["ops"], ["bias-shift-detect"], **DETECTION)
+    assert records["ops", "bias-shift-detect"].metrics.auroc >= 0.9
+
+
+def test_the_residual_detector_sees_per_pixel_class_wise_noise(evidence_records):
+    records = evidence_records(["classwise-noise"], ["residual-detect"],
+                               attack_params={"classwise-noise": {"grid": 32}}, **DETECTION)
+    (auroc,) = [r.metrics.auroc for (attack, _), r in records.items() if attack.startswith("classwise-noise@")]
+    assert auroc >= 0.58, auroc            # 0.626 measured; chance is 0.5 (one standard error: about 0.006)
 
 
 def test_orthogonal_projection_wins_back_half_of_class_wise_noise(evidence):
