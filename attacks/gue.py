@@ -148,7 +148,13 @@ class GUE(Attack):
         generator.eval()
         with torch.no_grad():
             noise = torch.cat([self.eps * generator(part) for part in x.split(512)])
-        # the official export: (x + ε·G(x)) · 255 truncated; on uint8 images that is the image's level
-        # plus floor(ε·G(x) · 255), computed so that float error cannot cross a level
         ctx.notes["gue"] = {"steps": steps, "last_lambda": round(lams[-1], 4) if lams else None}
-        return add_levels(x, torch.floor(noise.double() * 255))
+        return add_levels(x, self.export_levels(noise))
+
+    def export_levels(self, noise: torch.Tensor) -> torch.Tensor:
+        """The official export, (x + ε·G(x)) · 255 truncated: on uint8 images, the image's level plus
+        floor(ε·G(x) · 255). Where tanh saturates, ε·G(x) is ±ε exactly in exact arithmetic, but the
+        float32 ε times 255 lies a hair beyond 8 and its floor one level beyond the budget; the levels
+        are held to ±⌊ε·255⌋, which is the exact floor."""
+        bound = float(torch.floor(torch.tensor(self.eps * 255 + 1e-6, dtype=torch.float64)))
+        return torch.floor(noise.double() * 255).clamp(-bound, bound)

@@ -68,3 +68,12 @@ def test_bad_hyperparameters_are_refused():
     for bad in (dict(epochs=0), dict(width=0), dict(inner_steps=-1), dict(eta=0.0)):
         with pytest.raises(ValueError):
             GUE(**bad)
+
+
+def test_a_saturated_generator_stays_within_the_budget_after_the_truncating_export():
+    """Regression: where tanh saturates the noise is ±ε in float32, whose ×255 lies a hair beyond 8, and
+    the floor went to −9 levels (a cell failed the budget guard with 9/255)."""
+    attack = GUE()
+    noise = attack.eps * torch.tensor([-1.0, 1.0, -0.99999, 0.5])        # float32, as the generator gives it
+    levels = attack.export_levels(noise)
+    assert levels.tolist() == [-8.0, 8.0, -8.0, 4.0]
