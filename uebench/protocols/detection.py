@@ -10,7 +10,8 @@ and returns one score per image; the cell records the AUROC of the scores agains
 and hash in ``notes["mask"]``. The test split is never read. The clean row mixes clean with clean:
 its AUROC is chance (0.5) for any detector, the reference a row is read against.
 
-A detector that trains a model calls ``ctx.train_classifier``: the supervised recipe of the table.
+A detector that trains a network trains it with its own recipe (its hyperparameters; the shared
+trainer ``uebench.train.train_supervised``), cross-fitted by ``uebench.toolkit.heldout``.
 """
 from __future__ import annotations
 
