@@ -79,3 +79,27 @@ def test_a_victim_without_measured_throughputs_is_planned_and_said_not_priced(ca
     assert code == 0, err
     assert len(out.strip().splitlines()) == 2                     # clean and random-noise under none
     assert "no cost estimate: the throughputs of" in err and "lack train-vgg16-w0.25" in err
+
+
+def test_a_cross_architecture_table_is_priced_from_the_tables_this_machine_ran(reference, tmp_path):
+    """A victim no benchmark measured gets the rate its own committed table shows against the
+    reference table (no-defense cells, per image and epoch); its poisons are priced at the
+    surrogate's rate, not the victim's (before, a cross-architecture plan asked for pgd-<victim>),
+    and an attack the reference table lacks is timed from another table that crafted it."""
+    from uebench.cost import tables_like, with_victim_rates
+    results, table_id, records = reference
+    cross = RunSpec(attacks="random-noise,lsp", defenses="none", preset="smoke", device="cpu", results_dir=results,
+                    overrides={**SMALL, "model": "resnet18-w0.25", "surrogate": "smallcnn"}, progress=False)
+    cross_records = run(cross)
+    others = tables_like([results], records[0].table)
+    rates = with_victim_rates(Throughputs("cpu", {"train-smallcnn": 100.0, "pgd-smallcnn": 100.0}), records, others)
+
+    def per_image_epoch(rs):
+        return statistics.median(r.timing["fit_s"] for r in rs if r.defense.name == "none")
+    expected = 100.0 * per_image_epoch(records) / per_image_epoch(cross_records)   # same images and epochs
+    assert rates.rate("train", "resnet18-w0.25") == pytest.approx(expected)
+    plan = make_plan(RunSpec(attacks="lsp", defenses="iss-gray", preset="smoke", device="cpu", results_dir=tmp_path / "new",
+                             overrides={**SMALL, "model": "resnet18-w0.25", "surrogate": "smallcnn"}, progress=False))
+    cost = estimate(plan, reference_records(results, table_id), rates, rates, poisons_from=others)
+    lsp_s = next(r.timing["poison_s"] for r in cross_records if r.attack.name == "lsp")
+    assert cost.unknown == [] and cost.poison_s == pytest.approx(lsp_s)

@@ -7,8 +7,11 @@ shortcut survives a constant shift of the pixels, the images do not); the traini
 detector sees the per-pixel class-wise noise of Huang et al.
 (``grid=32``, high-frequency) above chance; and orthogonal projection wins back at least half of
 what the table's (smooth) class-wise noise took. What does not hold: no detector reaches an AUROC
-of 0.9 on the table's smooth class-wise noise (0.50–0.57): a 4×4-grid pattern of 8/255 lies in the
-frequencies where natural images vary most, and half of each split is clean.
+of 0.9 on the table's smooth class-wise noise (0.50–0.86): a 4×4-grid pattern of 8/255 lies in the
+frequencies where natural images vary most, and half of each split is clean. The training-free
+class-shift baseline (a matched filter for a class's mean shift) finds it best (0.86), and finds
+every pattern that a class shares: the per-pixel class-wise noise of Huang et al., LSP, OPS and
+class-wise EM at AUROC 0.998 or above.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from conftest import won_back
 
 pytestmark = pytest.mark.slow
 
-DETECTORS = ["simple-net-detect", "bias-shift-detect", "residual-detect"]
+DETECTORS = ["simple-net-detect", "bias-shift-detect", "residual-detect", "class-shift-detect"]
 DETECTION = {"overrides": {"protocol": "detection"}}
 
 
@@ -49,3 +52,16 @@ def test_orthogonal_projection_wins_back_half_of_class_wise_noise(evidence):
     acc = evidence(["clean", "classwise-noise"], ["orthogonal-projection"])
     taken, regained = won_back(acc, "classwise-noise", "orthogonal-projection")
     assert taken >= 0.10 and regained >= taken / 2, acc
+
+
+def test_the_class_shift_baseline_finds_what_a_class_shares(evidence_records):
+    """Measured: the per-pixel class-wise noise 1.000, LSP 1.000, class-wise EM 1.000, OPS 0.998; the
+    table's smooth class-wise noise 0.855, the best of any detector, not the issue's 0.9."""
+    records = evidence_records(["lsp", "ops", "em-classwise", "classwise-noise"], ["class-shift-detect"], **DETECTION)
+    per_pixel = evidence_records(["classwise-noise"], ["class-shift-detect"],
+                                 attack_params={"classwise-noise": {"grid": 32}}, **DETECTION)
+    auroc = {attack: r.metrics.auroc for (attack, _), r in {**records, **per_pixel}.items()}
+    for attack in ("lsp", "ops", "em-classwise"):
+        assert auroc[attack] >= 0.99, (attack, auroc[attack])
+    (grid32,) = [v for attack, v in auroc.items() if attack.startswith("classwise-noise@")]
+    assert grid32 >= 0.99 and auroc["classwise-noise"] >= 0.8, auroc

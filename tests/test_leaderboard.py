@@ -139,3 +139,30 @@ def test_each_table_gets_a_heatmap_that_check_can_tell_stale(tmp_path):
     out.write_text(leaderboard.render(tmp_path / "results", results_link="../results"))
     assert main(check) == 1
     assert main(check[:-1]) == 0 and main(check) == 0             # redrawn
+
+
+def test_a_cell_made_by_older_method_code_is_marked_not_mixed_in_silently(tmp_path):
+    """A record whose defense fingerprint differs from the defense's code today (the method changed
+    after the run) is shown with † and a footnote, in the markdown, the web page and the export;
+    one made by today's code is not."""
+    from uebench.export import load_table
+    from uebench.registry import DEFENSES
+    from uebench.site import build_site
+    from uebench.storage import code_fingerprint
+
+    results = tmp_path / "results"
+    _write_fixture(results)
+    table_dir = results / "npz-toy" / TABLE["id"]
+    for defense, code in (("iss-gray", "0" * 12), ("mixup", code_fingerprint(DEFENSES.get("mixup")))):
+        for path in (table_dir / "ops" / defense).glob("seed*.json"):
+            data = json.loads(path.read_text())
+            data["defense"]["code"], data["schema"] = code, 3
+            write_record(path, Record.from_dict(data))
+    text = leaderboard.render(results)
+    ops = next(line for line in text.splitlines() if line.startswith("| ops"))
+    assert "30.0 ± 0.0 †" in ops and "51.0 ± 1.4**" in ops and ops.count("†") == 1
+    assert "†: made by an earlier version of the method's code" in text
+    frame = load_table(results)
+    assert frame[frame.outdated][["attack", "defense"]].values.tolist() == [["ops", "iss-gray"]]
+    build_site(results, tmp_path / "site")
+    assert (tmp_path / "site" / "index.html").read_text().count("†</span>") == 1

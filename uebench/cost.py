@@ -27,7 +27,7 @@ from pathlib import Path
 from uebench.leaderboard import collect, shown_path
 from uebench.plan import CLEAN, Plan
 from uebench.ratio import FULL, ratio_of
-from uebench.records import Record
+from uebench.records import Record, TableInfo
 from uebench.registry import UserError
 
 
@@ -126,9 +126,13 @@ def report(plan: Plan, device_kind: str, throughputs: Path | None, table_id: str
         say("no cost estimate: no `cpu` table to scale from under the results folder or the project's results/ "
             "(pass --reference-table)")
         return
-    rates = load_throughputs(here)
+    rates, reference_rates = load_throughputs(here), load_throughputs(reference_file)
+    folders = list(dict.fromkeys([Path(results_dir), PROJECT / "results"]))
+    others = tables_like(folders, found[1][0].table)
+    if here.resolve() == reference_file.resolve():      # the reference machine: victims it ran tables of
+        rates = with_victim_rates(rates, found[1], others)
     try:
-        cost = estimate(plan, found[1], load_throughputs(reference_file), rates)
+        cost = estimate(plan, found[1], reference_rates, rates, poisons_from=others)
     except MissingRate as err:          # a victim never benchmarked (uebench list models): the plan stands
         say(f"no cost estimate: {err}")
         return
@@ -140,17 +144,32 @@ def report(plan: Plan, device_kind: str, throughputs: Path | None, table_id: str
             f"{', '.join(cost.unknown + [f'shared model {d}' for d in sorted(shared)])}")
 
 
-def estimate(plan: Plan, reference: list[Record], reference_rates: Throughputs, rates: Throughputs) -> Estimate:
-    """Predicted seconds for the pending poison sets and cells of ``plan``."""
+def estimate(plan: Plan, reference: list[Record], reference_rates: Throughputs, rates: Throughputs,
+             poisons_from: list[Record] = ()) -> Estimate:
+    """Predicted seconds for the pending poison sets and cells of ``plan``.
+
+    A poison set is crafted once whichever table asks for it (the cache is keyed on the crafting
+    model, not the victim or the protocol), so an attack the reference table lacks is timed from
+    ``poisons_from``: other tables' records crafted on the same model, at their own size. The
+    poisons are priced at the crafting model's rate (``--surrogate``, else the victim), the cells
+    at the victim's; a poison ratio below 1 costs what the whole split does (the attack crafts on
+    all of it, the victim trains on as many images)."""
     reference = [r for r in reference if ratio_of(r) == FULL]   # timings of whole protected splits
     ref = reference[0].table
     n_ref, epochs_ref, model_ref = ref.split["n_protected"], ref.train["epochs"], ref.model
     n = len(plan.splits.protected)
     fit = _medians(reference, lambda r: r.defense.folder, "fit_s")
-    poison = _medians([r for r in reference if r.attack.name != CLEAN], lambda r: r.attack.folder, "poison_s")
+    crafting, crafting_ref = plan.config.surrogate or plan.config.model, ref.surrogate or ref.model
+    poison = {a: s / n_ref for a, s in _medians([r for r in reference if r.attack.name != CLEAN],
+                                                 lambda r: r.attack.folder, "poison_s").items()}
+    for table in _by_table([r for r in poisons_from if (r.table.surrogate or r.table.model) == crafting_ref
+                            and r.attack.name != CLEAN]):
+        per_image = _medians(table, lambda r: r.attack.folder, "poison_s")
+        for attack, seconds in per_image.items():
+            poison.setdefault(attack, seconds / table[0].table.split["n_protected"])
     train_scale = (n * plan.config.train.epochs) / (n_ref * epochs_ref) * \
         reference_rates.rate("train", model_ref) / rates.rate("train", plan.config.model)
-    pgd_scale = n / n_ref * reference_rates.rate("pgd", model_ref) / rates.rate("pgd", plan.config.model)
+    pgd_scale = n * reference_rates.rate("pgd", crafting_ref) / rates.rate("pgd", crafting)
     out = Estimate(reference=f"{ref.id} ({ref.preset}: {n_ref} images × {epochs_ref} epochs, {model_ref}, "
                              f"on {reference_rates.device})")
     for attack in {method.folder for method, _ in plan.poison_sets()}:
@@ -164,6 +183,39 @@ def estimate(plan: Plan, reference: list[Record], reference_rates: Throughputs, 
         else:
             out.unknown.append(f"cell {cell.attack.folder} × {cell.defense.folder}")
     return out
+
+
+def with_victim_rates(rates: Throughputs, reference: list[Record], others: list[Record]) -> Throughputs:
+    """``rates`` plus ``train-<model>`` for the victims no benchmark measured but a table on the
+    same machine trained (a cross-architecture table): the reference victim's rate times how much
+    longer that table's no-defense cells took per image and epoch than the reference table's."""
+    def seconds_per_image_epoch(records: list[Record]) -> float | None:
+        times = [r.timing["fit_s"] / (r.table.split["n_protected"] * r.table.train["epochs"])
+                 for r in records if r.defense.name == "none" and "fit_s" in r.timing]
+        return statistics.median(times) if times else None
+
+    ref_model, ref_s = reference[0].table.model, seconds_per_image_epoch(reference)
+    added = dict(rates.images_per_s)
+    for table in _by_table(others):
+        model, seconds = table[0].table.model, seconds_per_image_epoch(table)
+        if f"train-{model}" not in added and seconds and ref_s and f"train-{ref_model}" in added:
+            added[f"train-{model}"] = added[f"train-{ref_model}"] * ref_s / seconds
+    return Throughputs(rates.device, added, rates.threads)
+
+
+def tables_like(folders: list[Path], like: TableInfo) -> list[Record]:
+    """The finished records of every table under ``folders`` with the preset and image shape of
+    ``like`` (the reference): the tables whose timings can be compared with its own."""
+    return [r for folder in folders if Path(folder).is_dir()
+            for entries in collect(Path(folder))[0].values() for _, r in entries
+            if r.status == "ok" and r.table.preset == like.preset and r.table.dataset["shape"] == like.dataset["shape"]]
+
+
+def _by_table(records: list[Record]) -> list[list[Record]]:
+    groups: dict[str, list[Record]] = {}
+    for r in records:
+        groups.setdefault(r.table.id, []).append(r)
+    return list(groups.values())
 
 
 def _medians(records: list[Record], key, timing: str) -> dict[str, float]:

@@ -25,7 +25,7 @@ from uebench.ratio import FULL
 from uebench.registry import UserError
 
 COLUMNS = ["dataset", "table", "protocol", "model", "preset", "poison_ratio", "attack", "budget", "defense", "metric",
-           "mean", "std", "seeds"]
+           "mean", "std", "seeds", "outdated"]
 FORMATS = ("csv", "json", "latex")
 
 
@@ -34,7 +34,9 @@ def load_table(results_dir: str | Path = "results", table: str | None = None) ->
     and ``std`` of the table's ``metric`` in percent (clean test accuracy; a detection table's
     detector AUROC), std NaN for one seed, ``seeds`` their count.
     ``poison_ratio``: the poisoned fraction of the protected split (1: all of it; the clean row,
-    which has no poison, is listed once, at 1); cells of different ratios are never averaged."""
+    which has no poison, is listed once, at 1); cells of different ratios are never averaged.
+    ``outdated``: the cell was made by an earlier version of its attack's or defense's code (the
+    leaderboard's †), so ``uebench run`` would redo it."""
     rows = []
     for (dataset, table_id), entries in collect(Path(results_dir))[0].items():
         if table is not None and table_id != table:
@@ -52,7 +54,7 @@ def load_table(results_dir: str | Path = "results", table: str | None = None) ->
                                      FULL if attack == CLEAN else ratio, attack, view.threat.get(attack, ""),
                                      defense, metric_of(view), values.mean(),
                                      values.std(ddof=1) if len(values) > 1 else np.nan,
-                                     len(values)])
+                                     len(values), (attack, defense) in view.outdated])
     frame = pd.DataFrame(rows, columns=COLUMNS)
     if table is not None and frame.empty:
         known = sorted({table_id for _, table_id in collect(Path(results_dir))[0]})

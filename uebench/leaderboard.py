@@ -8,6 +8,7 @@ give byte-identical markdown (no timestamps, everything sorted).
 """
 from __future__ import annotations
 
+import functools
 import html
 import os
 from collections import defaultdict
@@ -23,8 +24,8 @@ from uebench.protocols import get_protocol
 from uebench.ratio import CLEAN_PART, FULL, ratio_of, ratio_text, seed_file
 from uebench.ratio_board import ratio_frame, ratio_heading, ratio_lines, render_ratios
 from uebench.records import Record, RecordError, TableInfo, iter_records
-from uebench.registry import safe_segment
-from uebench.storage import write_atomic
+from uebench.registry import ATTACKS, DEFENSES, safe_segment
+from uebench.storage import code_fingerprint, write_atomic
 
 Entry = tuple[str, Record]   # a record and its path relative to the results folder
 
@@ -100,6 +101,7 @@ class TableView:
     versions: set[str]
     figures: list[str]
     failed: list[str]
+    outdated: set[tuple[str, str]]                    # cells made by an earlier version of a method's code
     ratio: float = FULL                               # the poison ratio of every cell shown (the clean row: none)
 
 
@@ -120,10 +122,12 @@ def gather(entries: list[Entry], results_link: str = "../results", ratio: float 
     records = [r for _, r in entries]
     scores: dict[tuple[str, str], list[float]] = defaultdict(list)
     status: dict[tuple[str, str], set[str]] = defaultdict(set)
-    threat, figures, seeds, versions = {}, [], set(), set()
+    threat, figures, seeds, versions, outdated = {}, [], set(), set(), set()
     for path, r in sorted(entries, key=lambda e: (e[1].attack.folder, e[1].defense.folder, e[1].seed)):
         key = (r.attack.folder, r.defense.folder)
         status[key].add(r.status)
+        if made_by_older_code(r):
+            outdated.add(key)
         threat[r.attack.folder] = r.attack.threat_model.text
         seeds.add(r.seed)
         versions.add(f"{r.uebench_version or '?'} ({(r.git_commit or '?')[:12]})")
@@ -139,7 +143,25 @@ def gather(entries: list[Entry], results_link: str = "../results", ratio: float 
     head = [a for a in (CLEAN, CLEAN_PART) if a in names]        # the references first
     rows = head + sorted(names - set(head))
     return TableView(records[0].table, rows, _order({r.defense.folder for r in records}, NONE), scores, status, threat,
-                     seeds, versions, figures, failed, ratio)
+                     seeds, versions, figures, failed, outdated, ratio)
+
+
+def made_by_older_code(record: Record) -> bool:
+    """Whether the record's attack or defense was made by code other than the method's today (its
+    fingerprint differs): ``uebench run`` redoes such a cell, and until then the table marks it.
+    Records older than code fingerprints (schema < 3), the clean row and methods not registered
+    here (a plugin not loaded) cannot be told and count as current."""
+    if record.schema < 3:
+        return False
+    return any(made.code is not None and current_code(kind, made.name) not in (None, made.code)
+               for kind, made in (("attack", record.attack), ("defense", record.defense)))
+
+
+@functools.lru_cache(maxsize=None)
+def current_code(kind: str, name: str) -> str | None:
+    """The fingerprint of a registered method's code today; None for a name not registered here."""
+    registry = ATTACKS if kind == "attack" else DEFENSES
+    return code_fingerprint(registry.get(name)) if name in registry.names() else None
 
 
 def figure_of(record: Record) -> str | None:
@@ -193,6 +215,8 @@ def render_table(entries: list[Entry], results_link: str = "../results", ratio: 
                 text = _cell(scores[(a, d)])
                 if len(scores[(a, d)]) < len(seeds):          # some seeds missing or failed
                     text += f" (n={len(scores[(a, d)])})"
+                if (a, d) in view.outdated:
+                    text += " †"
                 line[md(d)] = f"**{text}**" if best is not None and len(means) > 1 and means[d] == best else text
             elif "not-applicable" in status[(a, d)]:
                 line[md(d)] = "n/a"
@@ -216,7 +240,9 @@ def render_table(entries: list[Entry], results_link: str = "../results", ratio: 
         f"- **Metric**: {get_protocol(table.protocol).metric} (%), mean ± std over seeds {', '.join(map(str, sorted(seeds)))}; "
         f"(n=k): only k seeds finished; **bold**: best {get_protocol(table.protocol).column} per attack; n/a: the "
         f"{get_protocol(table.protocol).column} does not apply to this protocol; "
-        f"budget: the attack's declared threat model, checked before training.",
+        f"budget: the attack's declared threat model, checked before training."
+        + (" †: made by an earlier version of the method's code, to be recomputed (`uebench run` redoes it)."
+           if view.outdated else ""),
         f"- **uebench**: {', '.join(sorted(view.versions))}.",
     ]
     lines += ["", df.to_markdown(index=False, disable_numparse=True), "",

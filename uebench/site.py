@@ -164,15 +164,17 @@ def section(view, entries, page_dir: Path) -> str:
             figure = figures.get((attack, defense))
             images = (f' <a href="{html.escape(figure)}" title="example images">▣</a>'
                       if figure and (page_dir / figure).exists() else "")
+            outdated = (' <span title="made by an earlier version of the method\'s code, to be recomputed">†</span>'
+                        if (attack, defense) in view.outdated else "")
             cells.append(f'<td data-value="{value:.2f}"{mark}><a href="{html.escape(link)}" title="the record">'
-                         f'{value:.1f}</a>{images}</td>')
+                         f'{value:.1f}</a>{outdated}{images}</td>')
         kind = ' class="clean"' if attack in (CLEAN, CLEAN_PART) else ""     # the references stay on top
         rows.append(f'<tr{kind} data-name="{html.escape(attack)}"><td class="name">{html.escape(attack)}</td>'
                     f'<td class="name">{html.escape(view.threat.get(attack, ""))}</td>{"".join(cells)}</tr>')
     return f"""
 <h2>{html.escape(title_of(view.table) + ratio_heading(view.ratio))} <small><code>{html.escape(view.table.id)}</code></small></h2>
 <p class="protocol">{html.escape(protocol_text(view.table).replace('`', ''))}</p>
-<p class="protocol">Metric: {html.escape(frame.attrs["metric"])} (%), mean over seeds {html.escape(', '.join(map(str, sorted(view.seeds))))}.</p>
+<p class="protocol">Metric: {html.escape(frame.attrs["metric"])} (%), mean over seeds {html.escape(', '.join(map(str, sorted(view.seeds))))}.{' †: made by an earlier version of the method&#x27;s code, to be recomputed.' if view.outdated else ''}</p>
 <img class="heatmap" src="{html.escape(heatmap_name(view))}" alt="heatmap of {html.escape(view.table.id)}">
 <table class="board"><thead><tr><th class="name" data-name="attack">attack</th>
 <th class="name" data-name="budget">budget</th>{head}</tr></thead>
