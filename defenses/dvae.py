@@ -166,8 +166,9 @@ class DVAE(Defense):
       128 × 16 × 16, i.e. 32-px images with w = 64.
     - The official script also trains and loads a classifier on the poisons, which only logs
       losses that do not enter the objective; it is not trained here.
-    - Computed faster, the same functions (measured 1.9x a training step at the `cpu` preset,
-      one thread; ``tests/benchmarks/test_bench_dvae.py`` times it against commit 90d3e77):
+    - Computed faster, the same functions (a training step at the `cpu` preset, one thread: 1.12 →
+      0.56 s under the profiler; ``tests/benchmarks/test_bench_dvae.py``, a whole purification of
+      1,024 images against commit 90d3e77: 1.33x):
       channels-last tensors, the stride-1 transposed convolutions as the convolutions they
       equal, instance norm as a one-channel-per-group norm, and the latent's sampling and rate in
       one autograd function with its gradient written out (``SampleAndRate``). Float sums come
