@@ -41,6 +41,13 @@ DVAE_ROWS = ["ar", "ops", "lsp", "em-classwise", "classwise-noise", "ntga", "ran
 DVAE_MISSES = {"aue": 46.2, "aap": 42.2, "conv-blur": 21.4}
 DVAE_OUTDATED = ["em", "tap", "ucl", "ucl-classwise"]
 DVAE_CLEAN = 49.9
+
+
+def outdated_reason(attack: str) -> str:
+    return (f"{attack} under D-VAE was made by the earlier D-VAE code (stage-2 rate weight 0.5; † in the "
+            f"leaderboard): recompute it with uebench run --preset cpu --attacks {attack} --defenses d-vae")
+
+
 GRIDS = [                       # (attacks, defenses); the runner adds the clean row and "none"
     (["conv-blur"], CHEAP + ["coin"]),
     (["aue", "aap"], ["none"]),
@@ -117,10 +124,7 @@ def test_eclipse_wins_back_half_of_em(acc):
         f"not at the cpu preset: {attack} under D-VAE {measured} against clean under D-VAE {DVAE_CLEAN}"
         + (" (a blur is no additive noise for the VAE to drop)" if attack == "conv-blur" else ""))))
     for attack, measured in DVAE_MISSES.items()] + [
-    pytest.param(attack, marks=pytest.mark.skip(reason=(
-        f"{attack} under D-VAE was made by the earlier D-VAE code (stage-2 rate weight 0.5; † in the "
-        f"leaderboard): recompute it with uebench run --preset cpu --attacks {attack} --defenses d-vae")))
-    for attack in DVAE_OUTDATED])
+    pytest.param(attack, marks=pytest.mark.skip(reason=outdated_reason(attack))) for attack in DVAE_OUTDATED])
 def test_dvae_removes_the_poison(acc, attack):
     """Trained on the poisons alone, D-VAE leaves a poison's images as learnable as the clean images
     it purifies (within 3 points): measured, AR 48.9, OPS 46.9, LSP 51.0, NTGA 55.1 against clean 49.9."""
@@ -134,7 +138,6 @@ def test_dvae_removes_the_poison(acc, attack):
 def test_dvae_wins_back_half_of_em(acc):
     skip_unless_available("em")
     if "em" in DVAE_OUTDATED:
-        pytest.skip("em under D-VAE was made by the earlier D-VAE code (stage-2 rate weight 0.5; † in the "
-                    "leaderboard): recompute it with uebench run --preset cpu --attacks em --defenses d-vae")
+        pytest.skip(outdated_reason("em"))
     taken, back = won_back(acc, "em", "d-vae")
     assert back >= taken / 2, f"d-vae won back {back:.3f} of the {taken:.3f} em took"
