@@ -15,10 +15,14 @@ class RandomNoise(Attack):
     Random noise carries no shortcut a network can learn, so clean test accuracy should
     stay within a few points of the clean row. It calibrates every table: an attack that
     does no better than this is not an unlearnable example.
+
+    Released as uint8 images by rounding to the nearest level (``release = "round"``), which keeps
+    the noise signed and within ±ε; the float noise of earlier versions was never an image set.
     """
 
     name = "random-noise"
     paper = "control: uniform noise in the L∞ ball"
+    release = "round"
     eps: float = 8 / 255
 
     def threat_model(self) -> ThreatModel:

@@ -44,13 +44,17 @@ class REM(Attack):
       many steps: an official δ outside [0, 1] gets no gradient through the clip and stays
       put, uebench's is pulled back in, so after 10 × 10 steps on the toy model 48 % of the
       values agree (an fp64 re-run of the official code with the projection added differs
-      from the official one on 42 %, from uebench on 5 %). The noise is kept in float, not
-      rounded to the int8 levels the official code exports (issue 26, item 2: pending).
+      from the official one on 42 %, from uebench on 5 %).
+
+    Released as the official ``generate_robust_em.py`` exports it: the noise rounded to int8
+    pixel levels (half to even), added to the uint8 image and clipped (``release =
+    "round-noise"``).
     """
 
     name = "rem"
     paper = "Fu et al., Robust Unlearnable Examples: Protecting Data Against Adversarial Learning, ICLR"
     year = 2022
+    release = "round-noise"
     presets = {
         "smoke": {"train_steps": 2, "batch_size": 32, "steps": 2, "step_size": 4 / 255,
                   "adv_steps": 1, "adv_step_size": 4 / 255, "eot_samples": 1},

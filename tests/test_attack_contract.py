@@ -2,8 +2,9 @@
 
 For each attack in the registry (built-ins and installed plugins alike): the poisoned
 images have the input's shape, are float32 in [0, 1], respect the threat model the
-attack declares (through the budget guard) and are the same for the same seed. Run on
-16×16 colour images with 4 classes and on 8×8 grey images with 3 classes. Attacks that
+attack declares (through the budget guard), are the same for the same seed, and, on uint8
+images, are uint8 images again (the attack's release rule, ``uebench/release.py``). Run on
+16×16 colour uint8 images with 4 classes and on 8×8 grey float images with 3 classes. Attacks that
 import files (``external``) are given one written from the clean images.
 """
 from __future__ import annotations
@@ -16,9 +17,11 @@ from conftest import tiny_images
 from uebench.budget import check_budget, declared_threat_model
 from uebench.context import Context
 from uebench.registry import ATTACKS, PluginError
+from uebench.release import FLOAT_UNTIL_RECOMPUTED, on_uint8_grid
 from uebench.train import TrainConfig
 
 DATASETS = {"rgb16": dict(channels=3, size=16, classes=4), "grey8": dict(channels=1, size=8, classes=3)}
+UINT8 = {"rgb16"}           # snapped to uint8 levels, as every image file is
 N_IMAGES = 48
 
 
@@ -54,6 +57,8 @@ def test_attack_contract(name, data_name, tmp_path):
         pytest.skip(f"attack module is broken: {err}")
     data = DATASETS[data_name]
     x, y = tiny_images(N_IMAGES, **data)
+    if data_name in UINT8:
+        x = (x * 255).round() / 255
     params = SETUP[name](tmp_path, x) if name in SETUP else {}
     attack = cls.for_preset("smoke", **params)
     if getattr(attack, "path", None) == "":
@@ -65,5 +70,7 @@ def test_attack_contract(name, data_name, tmp_path):
     assert out.min() >= 0 and out.max() <= 1
     check_budget(x, out, declared_threat_model(attack, x.shape[1:]))
     assert not torch.equal(out, x), f"{name} left every image unchanged"
+    if data_name in UINT8 and name not in FLOAT_UNTIL_RECOMPUTED:
+        assert on_uint8_grid(out), f"{name} hands over images off the uint8 grid: declare its release rule"
     again = cls.for_preset("smoke", **params)(x, y, make_context(data, tmp_path))
     assert torch.equal(out, again), f"{name} is not deterministic for a fixed seed"

@@ -166,3 +166,27 @@ def test_a_cell_made_by_older_method_code_is_marked_not_mixed_in_silently(tmp_pa
     assert frame[frame.outdated][["attack", "defense"]].values.tolist() == [["ops", "iss-gray"]]
     build_site(results, tmp_path / "site")
     assert (tmp_path / "site" / "index.html").read_text().count("†</span>") == 1
+
+
+def test_a_defense_within_the_seeds_spread_of_the_best_is_marked(tmp_path, monkeypatch):
+    """Issue 30, item 5: ops under iss-gray (50.5 ± 2.1) is 0.5 below the best, mixup (51.0 ± 1.4):
+    within the spread, so marked ≈ in the markdown, on the web page and in the export; ops under
+    none (32 ± 1.4) and every cell of a one-seed row are not."""
+    from uebench.export import load_table
+    from uebench.site import build_site
+
+    monkeypatch.setitem(ACCURACY, ("ops", "iss-gray"), [0.49, 0.52])
+    results = tmp_path / "results"
+    _write_fixture(results)
+    text = leaderboard.render(results)
+    ops = next(line for line in text.splitlines() if line.startswith("| ops"))
+    assert "50.5 ± 2.1 ≈" in ops and ops.count("≈") == 1 and "**51.0 ± 1.4**" in ops
+    assert "≈: within the seeds' spread of the row's best" in text
+    build_site(results, tmp_path / "site")
+    assert (tmp_path / "site" / "index.html").read_text().count("≈</span>") == 1
+    frame = load_table(results)
+    assert frame[frame.within_spread][["attack", "defense"]].values.tolist() == [["ops", "iss-gray"]]
+
+    for path in results.glob("**/seed1.json"):       # one seed: no spread, no mark
+        path.unlink()
+    assert "≈" not in leaderboard.render(results)

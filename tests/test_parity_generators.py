@@ -43,6 +43,7 @@ from uebench.data import to_tensor, to_uint8
 from uebench.models import BasicBlock
 from uebench.plan import configure
 from uebench.registry import ATTACKS
+from uebench.release import on_uint8_grid, release_images
 from uebench.toolkit.perturb import pgd, pgd_step
 
 EPS = 8 / 255
@@ -633,25 +634,19 @@ def test_rem_with_the_recorded_augmentations_and_starts(rem):
 
 
 def test_rem_export_of_the_official_noise(rem):
-    """The official export adds round(255 δ) as int8 levels (half to even) and clips; uebench's
-    image clamp(x + δ, 0, 1) rounded by ``to_uint8`` (half to even) is the same image on all
-    but ≤ 1e-4 of the values."""
+    """The official export adds round(255 δ) as int8 levels (half to even) and clips. REM's release
+    rule (``round-noise``, what ``REM.__call__`` applies to what it crafts) turns the image
+    clamp(x + δ, 0, 1) of the golden δ into the official ``exported_uint8`` exactly (every value
+    of both cases)."""
     g, _, x, _ = rem
+    assert ATTACKS.get("rem").release == "round-noise"
     for case in ("det", "rand"):
         delta = g[case + "/perturbation"]
         np.testing.assert_array_equal((delta * 255).round().astype(np.int8), g[case + "/def_noise_int8"])
-        ours = to_uint8(applied(x, delta) + x).astype(int)
-        official = g[case + "/exported_uint8"].astype(int)
-        assert np.abs(ours - official).max() <= 1 and np.mean(ours != official) <= 1e-4
-
-
-@pytest.mark.xfail(strict=True, reason="REM keeps its noise in float (its docstring says so); the official "
-                                       "export rounds δ to int8 levels (on the golden δ, 99 % of the image "
-                                       "values lie off the uint8 grid)")
-def test_rem_output_is_the_official_uint8_image(rem, rem_step1):
-    out = rem[2] + rem_step1
-    levels = out.permute(0, 2, 3, 1).numpy() * 255
-    np.testing.assert_allclose(levels, np.round(levels), atol=1e-3, rtol=0)
+        image = applied(x, delta) + x
+        released = release_images(x, image, ATTACKS.get("rem").release)
+        assert on_uint8_grid(released) and not on_uint8_grid(image)
+        np.testing.assert_array_equal(to_uint8(released), g[case + "/exported_uint8"])
 
 
 def test_rem_defaults_are_the_official_ones():

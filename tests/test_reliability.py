@@ -38,6 +38,28 @@ def test_code_fingerprint_follows_the_source_file(tmp_path, monkeypatch):
     monkeypatch.delitem(sys.modules, "some_method")
 
 
+def test_a_method_fingerprint_follows_the_method_it_inherits_from(tmp_path, monkeypatch):
+    """SEM subclasses REM in another module: an edit of REM's module must make SEM's records stale
+    (before, a method's fingerprint hashed its own module only). The core module it inherits
+    ``Attack`` from does not count, so a plain method keeps its module's fingerprint."""
+    from uebench.storage import code_fingerprint, method_fingerprint
+    monkeypatch.syspath_prepend(str(tmp_path))
+    base = tmp_path / "base_method.py"
+    (tmp_path / "sub_method.py").write_text("from base_method import Base\nclass Sub(Base):\n    pass\n")
+    fingerprints = []
+    for value in (1, 2):
+        base.write_text(f"from uebench.api import Attack\nclass Base(Attack):\n    value = {value}\n")
+        for name in ("base_method", "sub_method"):
+            monkeypatch.delitem(sys.modules, name, raising=False)
+        base_cls = _module_from(base, "base_method").Base
+        sub = _module_from(tmp_path / "sub_method.py", "sub_method").Sub
+        assert method_fingerprint(base_cls) == code_fingerprint(base_cls)
+        fingerprints.append(method_fingerprint(sub))
+    assert fingerprints[0] != fingerprints[1]
+    for name in ("base_method", "sub_method"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+
+
 def test_shared_caches_are_keyed_by_code(ctx, monkeypatch):
     """ctx.cached (surrogates, UCL, the perceptual network) and the diffusion models."""
     from uebench import context

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from uebench.protocols import PROTOCOLS as _REGISTERED
+from uebench.release import FLOAT_UNTIL_RECOMPUTED, RULES, on_uint8_grid, release_images
 
 if TYPE_CHECKING:  # imported for type hints only, to keep plugin import light
     from uebench.context import Context
@@ -172,6 +173,11 @@ class Method:
         return cls(**{**cls.presets.get(preset, {}), **overrides})
 
     @classmethod
+    def declaration_problem(cls) -> str | None:
+        """What is wrong with the class's declarations (the registry refuses it), or None."""
+        return None
+
+    @classmethod
     def describe(cls) -> str:
         """One line: the paper, for listings."""
         return f"{cls.paper} ({cls.year})" if cls.year else cls.paper
@@ -190,9 +196,22 @@ class Attack(Method):
     made once per (attack, seed) and a cell at ratio r < 1 then trains on the poisoned images at a
     seeded r-fraction of the indices and the clean images elsewhere (``uebench/ratio.py``). An
     attack whose paper crafts on the poisoned part alone would say so here and in its docstring.
+
+    ``release`` names how the poison becomes the images a data owner publishes (a rule of
+    :data:`uebench.release.RULES`: ``round``, ``truncate`` or ``round-noise``), the method's own
+    official export, stated in its docstring; ``__call__`` applies it to what ``generate`` returns
+    whenever the clean images are uint8 levels, and the budget guard checks the released images.
+    An attack that exports by itself (its values already on the grid) passes through unchanged.
     """
 
     target: ClassVar[str] = "supervised"
+    release: ClassVar[str] = "round"
+
+    @classmethod
+    def declaration_problem(cls) -> str | None:
+        if cls.release not in RULES:
+            return f"release must be one of {', '.join(sorted(RULES))} (uebench/release.py), got {cls.release!r}"
+        return None
 
     def threat_model(self) -> ThreatModel:
         raise NotImplementedError(f"{type(self).__name__} must declare its threat model")
@@ -203,8 +222,14 @@ class Attack(Method):
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, ctx: "Context") -> torch.Tensor:
         torch.manual_seed(ctx.seed)
-        out = self.generate(x, y, ctx)
-        return out.detach().to("cpu", torch.float32).contiguous()
+        out = self.generate(x, y, ctx).detach().to("cpu", torch.float32)
+        if self.name in FLOAT_UNTIL_RECOMPUTED:         # uebench/release.py: the built-ins still pending
+            ctx.notes["released_as"] = "float (until its row is recomputed)"
+        else:
+            clean = x.detach().to("cpu", torch.float32)
+            out = release_images(clean, out, self.release)
+            ctx.notes["released_as"] = self.release if on_uint8_grid(clean) else "float (the clean images are not uint8)"
+        return out.contiguous()
 
 
 @dataclass

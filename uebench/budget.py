@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from uebench.api import ThreatModel
 from uebench.registry import UserError
+from uebench.release import LEVELS_MOVED
 
 if TYPE_CHECKING:
     from uebench.api import Attack
@@ -55,13 +56,17 @@ def budget_warning(threat: ThreatModel) -> str | None:
 
 
 def check_budget(clean: torch.Tensor, poisoned: torch.Tensor, threat: ThreatModel,
-                 atol: float = 1e-5) -> None:
+                 atol: float = 1e-5, released: str | None = None) -> None:
     """Raise :class:`BudgetViolation` unless ``poisoned`` is a valid perturbation of ``clean``.
 
     Always checked: same shape, finite values, values in [0, 1] (within ``atol``).
     Then, per image, with δ = poisoned − clean: L∞ = max |δ|; L2 = ‖δ‖₂ over all pixels
     and channels; L0 = the number of H×W positions where any channel moved by more than
-    ``atol``. The budget may be exceeded by ``atol`` (float rounding), never more.
+    ``atol``. The budget may be exceeded by ``atol`` (float rounding), never more; images
+    ``released`` by a rule of ``uebench.release`` (the attack's official export to uint8) may
+    exceed an L2 budget by what that rule can add, √(C·H·W) times the levels it moves a value
+    (the official AR and LSP exports exceed their L2 budgets this way). L∞ and L0 budgets get
+    nothing extra: an official export stays within ±⌊255·ε⌋ levels.
     """
     if clean.shape != poisoned.shape:
         raise BudgetViolation(f"poisoned images have shape {tuple(poisoned.shape)}, "
@@ -89,6 +94,8 @@ def check_budget(clean: torch.Tensor, poisoned: torch.Tensor, threat: ThreatMode
     value, index = worst["norm"]
     # a fitted blur's taps are known to within what uint8 rounding leaves (CONV_ROUNDING of the largest)
     tolerance = CONV_ROUNDING if threat.norm == "conv" else atol
+    if threat.norm == "l2" and released in LEVELS_MOVED:
+        tolerance += math.sqrt(math.prod(clean.shape[1:])) * LEVELS_MOVED[released] / 255
     if threat.norm != "none" and value > threat.eps + tolerance:
         raise BudgetViolation(f"{_describe(threat.norm, value, threat.eps)} at image {index} "
                               f"(declared threat model: {threat})")

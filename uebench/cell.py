@@ -127,7 +127,7 @@ def _compute(job: Job, cell: Cell, dataset: Dataset, splits: Splits, record: Rec
     x, y, x_clean, record.poison = train.x, train.y, train.clean, train.poison
     if train.checked is not None:              # the budget guard checks the poisoned images
         threat = declared_threat_model(cell.attack.instance, dataset.image_shape)
-        check_budget(*train.checked, threat)
+        check_budget(*train.checked, threat, released=record.notes["attack"].get("released_as"))
         record.budget = measured_budget(*train.checked, threat)
         if record.budget["linf_max"] == 0:
             record.warnings.append(f"the poison of {cell.attack.name} equals the clean images (L∞ 0): "

@@ -18,14 +18,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from uebench.leaderboard import collect, gather, protocol_text, ratio_heading, ratios_of, title_of
+from uebench.leaderboard import best_defenses, collect, gather, protocol_text, ratio_heading, ratios_of, title_of
 from uebench.plan import CLEAN, NONE
 from uebench.protocols import get_protocol
 from uebench.ratio import FULL
 from uebench.registry import UserError
+from uebench.spread import within_spread
 
 COLUMNS = ["dataset", "table", "protocol", "model", "preset", "poison_ratio", "attack", "budget", "defense", "metric",
-           "mean", "std", "seeds", "outdated"]
+           "mean", "std", "seeds", "outdated", "within_spread"]
 FORMATS = ("csv", "json", "latex")
 
 
@@ -36,7 +37,8 @@ def load_table(results_dir: str | Path = "results", table: str | None = None) ->
     ``poison_ratio``: the poisoned fraction of the protected split (1: all of it; the clean row,
     which has no poison, is listed once, at 1); cells of different ratios are never averaged.
     ``outdated``: the cell was made by an earlier version of its attack's or defense's code (the
-    leaderboard's †), so ``uebench run`` would redo it."""
+    leaderboard's †), so ``uebench run`` would redo it. ``within_spread``: the cell is within the
+    seeds' spread of its row's best (the leaderboard's ≈, ``uebench/spread.py``)."""
     rows = []
     for (dataset, table_id), entries in collect(Path(results_dir))[0].items():
         if table is not None and table_id != table:
@@ -44,6 +46,7 @@ def load_table(results_dir: str | Path = "results", table: str | None = None) ->
         ratios = ratios_of(entries)
         for ratio in ratios:
             view = gather(entries, ratio=ratio)
+            tied = within_spread(view.scores, view.cols, best_defenses(view))
             for attack in view.rows:
                 if attack == CLEAN and ratio != ratios[0]:
                     continue                       # no poison, no ratio: listed once, at 1
@@ -54,7 +57,7 @@ def load_table(results_dir: str | Path = "results", table: str | None = None) ->
                                      FULL if attack == CLEAN else ratio, attack, view.threat.get(attack, ""),
                                      defense, metric_of(view), values.mean(),
                                      values.std(ddof=1) if len(values) > 1 else np.nan,
-                                     len(values), (attack, defense) in view.outdated])
+                                     len(values), (attack, defense) in view.outdated, (attack, defense) in tied])
     frame = pd.DataFrame(rows, columns=COLUMNS)
     if table is not None and frame.empty:
         known = sorted({table_id for _, table_id in collect(Path(results_dir))[0]})

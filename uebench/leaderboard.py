@@ -22,10 +22,11 @@ from uebench.heatmap import data_key, draw, draw_ratio, drawn_from
 from uebench.plan import CLEAN, NONE
 from uebench.protocols import get_protocol
 from uebench.ratio import CLEAN_PART, FULL, ratio_of, ratio_text, seed_file
+from uebench.spread import LEGEND, MARK, within_spread
 from uebench.ratio_board import ratio_frame, ratio_heading, ratio_lines, render_ratios
 from uebench.records import Record, RecordError, TableInfo, iter_records
 from uebench.registry import ATTACKS, DEFENSES, safe_segment
-from uebench.storage import code_fingerprint, write_atomic
+from uebench.storage import method_fingerprint, write_atomic
 
 Entry = tuple[str, Record]   # a record and its path relative to the results folder
 
@@ -146,6 +147,16 @@ def gather(entries: list[Entry], results_link: str = "../results", ratio: float 
                      seeds, versions, figures, failed, outdated, ratio)
 
 
+def best_defenses(view: TableView) -> dict[str, str]:
+    """The best-scoring defense of each ranked row (not the clean references; rows with two or more cells)."""
+    best = {}
+    for a in view.rows:
+        means = {d: np.mean(view.scores[(a, d)]) for d in view.cols if view.scores[(a, d)]}
+        if a not in (CLEAN, CLEAN_PART) and len(means) > 1:
+            best[a] = max(means, key=means.get)
+    return best
+
+
 def made_by_older_code(record: Record) -> bool:
     """Whether the record's attack or defense was made by code other than the method's today (its
     fingerprint differs): ``uebench run`` redoes such a cell, and until then the table marks it.
@@ -161,7 +172,7 @@ def made_by_older_code(record: Record) -> bool:
 def current_code(kind: str, name: str) -> str | None:
     """The fingerprint of a registered method's code today; None for a name not registered here."""
     registry = ATTACKS if kind == "attack" else DEFENSES
-    return code_fingerprint(registry.get(name)) if name in registry.names() else None
+    return method_fingerprint(registry.get(name)) if name in registry.names() else None
 
 
 def figure_of(record: Record) -> str | None:
@@ -205,10 +216,12 @@ def render_table(entries: list[Entry], results_link: str = "../results", ratio: 
     view = gather(entries, results_link, ratio)
     table, scores, status, threat, seeds = view.table, view.scores, view.status, view.threat, view.seeds
     row_names, col_names = view.rows, view.cols
+    best_of = best_defenses(view)
+    tied = within_spread(scores, col_names, best_of)
     body = []
     for a in row_names:
         means = {d: np.mean(scores[(a, d)]) for d in col_names if scores[(a, d)]}
-        best = max(means.values()) if means and a not in (CLEAN, CLEAN_PART) else None
+        best = means[best_of[a]] if a in best_of else None
         line = {"attack": md(a), "budget": md(threat.get(a, ""))}
         for d in col_names:
             if scores[(a, d)]:
@@ -217,7 +230,9 @@ def render_table(entries: list[Entry], results_link: str = "../results", ratio: 
                     text += f" (n={len(scores[(a, d)])})"
                 if (a, d) in view.outdated:
                     text += " †"
-                line[md(d)] = f"**{text}**" if best is not None and len(means) > 1 and means[d] == best else text
+                if (a, d) in tied:
+                    text += f" {MARK}"
+                line[md(d)] = f"**{text}**" if best is not None and means[d] == best else text
             elif "not-applicable" in status[(a, d)]:
                 line[md(d)] = "n/a"
             elif "failed" in status[(a, d)]:
@@ -242,7 +257,7 @@ def render_table(entries: list[Entry], results_link: str = "../results", ratio: 
         f"{get_protocol(table.protocol).column} does not apply to this protocol; "
         f"budget: the attack's declared threat model, checked before training."
         + (" †: made by an earlier version of the method's code, to be recomputed (`uebench run` redoes it)."
-           if view.outdated else ""),
+           if view.outdated else "") + (f" {LEGEND}." if tied else ""),
         f"- **uebench**: {', '.join(sorted(view.versions))}.",
     ]
     lines += ["", df.to_markdown(index=False, disable_numparse=True), "",

@@ -17,7 +17,7 @@ from pathlib import Path
 from uebench.plan import CLEAN
 from uebench.records import Record, RecordError, iter_records, write_record
 from uebench.registry import ATTACKS, DEFENSES, PluginError, UserError
-from uebench.storage import code_fingerprint, source_fingerprint
+from uebench.storage import code_fingerprint, method_fingerprint, source_fingerprint
 
 
 def fingerprints(kind: str, name: str, as_of: str | None = None) -> tuple[str, str] | None:
@@ -31,7 +31,7 @@ def fingerprints(kind: str, name: str, as_of: str | None = None) -> tuple[str, s
         cls = (ATTACKS if kind == "attack" else DEFENSES).get(name)
     except PluginError:
         return None
-    now = code_fingerprint(cls)
+    now = method_fingerprint(cls)
     if as_of is None:
         return code_fingerprint(cls, version=1), now
     path = Path(inspect.getsourcefile(cls)).resolve()

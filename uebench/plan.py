@@ -25,7 +25,7 @@ from uebench.protocols import get_protocol
 from uebench.ratio import CLEAN_PART, FULL, grid_cells, ratio_of, seed_file
 from uebench.records import Record, hparams_as_made, read_record
 from uebench.registry import ATTACKS, DEFENSES, UserError, did_you_mean, load_plugin
-from uebench.storage import code_fingerprint, content_key
+from uebench.storage import code_fingerprint, content_key, method_fingerprint
 
 CLEAN = "clean"   # the row without an attack
 NONE = "none"     # the column without a defense
@@ -166,7 +166,7 @@ def configure(registry, name: str, preset: str, params: dict) -> ConfiguredMetho
     folder = name
     if params and hparams(instance) != hparams(cls.for_preset(preset)):
         folder = f"{name}@{content_key(hparams(instance))[:6]}"
-    return ConfiguredMethod(registry.kind, name, folder, hparams(instance), instance, code_fingerprint(cls),
+    return ConfiguredMethod(registry.kind, name, folder, hparams(instance), instance, method_fingerprint(cls),
                             legacy_code=code_fingerprint(cls, version=1))
 
 

@@ -120,6 +120,9 @@ class Registry:
                 raise TypeError(f"{target} is not a subclass of {self.base.__name__}")
             if cls.name != name:
                 raise TypeError(f"{target} declares name {cls.name!r}, registered as {name!r}")
+            problem = cls.declaration_problem()
+            if problem:
+                raise TypeError(f"{target}: {problem}")
         except Exception as err:  # isolate the broken plugin, keep the rest usable
             self._broken[name] = f"{type(err).__name__}: {err}"
             raise PluginError(f"{self.kind} {name!r} is broken: {self._broken[name]}") from err

@@ -17,12 +17,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from uebench.leaderboard import (accuracy_frame, at_ratio, collect, figure_of, gather, heatmap_name, protocol_text,
-                                 ratio_figure_name, ratio_frame, ratio_heading, ratios_of, title_of)
+from uebench.leaderboard import (accuracy_frame, at_ratio, best_defenses, collect, figure_of, gather, heatmap_name,
+                                 protocol_text, ratio_figure_name, ratio_frame, ratio_heading, ratios_of, title_of)
 from uebench.heatmap import draw, draw_ratio
 from uebench.plan import CLEAN
 from uebench.ratio import CLEAN_PART
 from uebench.registry import UserError
+from uebench.spread import LEGEND, MARK, within_spread
 from uebench.storage import write_atomic
 
 STYLE = """
@@ -147,10 +148,11 @@ def section(view, entries, page_dir: Path) -> str:
     figures = {(r.attack.folder, r.defense.folder): f"results/{Path(path).with_suffix('')}/{figure}"
                for path, r in first_seed if (figure := figure_of(r))}
     head = "".join(f'<th data-name="{html.escape(d)}">{html.escape(d)}</th>' for d in view.cols)
+    best_of = best_defenses(view)
+    tied = within_spread(view.scores, view.cols, best_of)
     rows = []
     for attack in view.rows:
-        finished = [v for v in frame.loc[attack] if not math.isnan(v)]
-        best = max(finished) if attack not in (CLEAN, CLEAN_PART) and len(finished) > 1 else None
+        best = frame.loc[attack, best_of[attack]] if attack in best_of else None
         cells = []
         for defense in view.cols:
             value = frame.loc[attack, defense]
@@ -166,15 +168,17 @@ def section(view, entries, page_dir: Path) -> str:
                       if figure and (page_dir / figure).exists() else "")
             outdated = (' <span title="made by an earlier version of the method\'s code, to be recomputed">†</span>'
                         if (attack, defense) in view.outdated else "")
+            spread = (f' <span title="within the seeds\' spread of the row\'s best">{MARK}</span>'
+                      if (attack, defense) in tied else "")
             cells.append(f'<td data-value="{value:.2f}"{mark}><a href="{html.escape(link)}" title="the record">'
-                         f'{value:.1f}</a>{outdated}{images}</td>')
+                         f'{value:.1f}</a>{outdated}{spread}{images}</td>')
         kind = ' class="clean"' if attack in (CLEAN, CLEAN_PART) else ""     # the references stay on top
         rows.append(f'<tr{kind} data-name="{html.escape(attack)}"><td class="name">{html.escape(attack)}</td>'
                     f'<td class="name">{html.escape(view.threat.get(attack, ""))}</td>{"".join(cells)}</tr>')
     return f"""
 <h2>{html.escape(title_of(view.table) + ratio_heading(view.ratio))} <small><code>{html.escape(view.table.id)}</code></small></h2>
 <p class="protocol">{html.escape(protocol_text(view.table).replace('`', ''))}</p>
-<p class="protocol">Metric: {html.escape(frame.attrs["metric"])} (%), mean over seeds {html.escape(', '.join(map(str, sorted(view.seeds))))}.{' †: made by an earlier version of the method&#x27;s code, to be recomputed.' if view.outdated else ''}</p>
+<p class="protocol">Metric: {html.escape(frame.attrs["metric"])} (%), mean over seeds {html.escape(', '.join(map(str, sorted(view.seeds))))}.{' †: made by an earlier version of the method&#x27;s code, to be recomputed.' if view.outdated else ''}{' ' + html.escape(LEGEND) + '.' if tied else ''}</p>
 <img class="heatmap" src="{html.escape(heatmap_name(view))}" alt="heatmap of {html.escape(view.table.id)}">
 <table class="board"><thead><tr><th class="name" data-name="attack">attack</th>
 <th class="name" data-name="budget">budget</th>{head}</tr></thead>

@@ -52,6 +52,21 @@ def code_fingerprint(*objects: Any, version: int = FINGERPRINT_VERSION) -> str:
     return digest.hexdigest()[:12]
 
 
+def method_fingerprint(cls: type) -> str:
+    """:func:`code_fingerprint` of a method class: its module's code and that of every module it
+    inherits method code from (SEM subclasses REM, so an edit of ``rem.py`` can change what SEM
+    computes). The core (``uebench`` itself, whose changes do not remake records) and the standard
+    classes are left out, so a class with no method bases has its module's fingerprint alone."""
+    inherited = [base for base in cls.__mro__[1:] if base.__module__ not in (cls.__module__, "builtins")
+                 and not _is_core(base.__module__)]
+    return code_fingerprint(cls, *inherited)
+
+
+def _is_core(module: str) -> bool:
+    return module == "uebench" or (module.startswith("uebench.")
+                                   and not module.startswith(("uebench.attacks.", "uebench.defenses.")))
+
+
 def source_fingerprint(source: bytes, version: int = FINGERPRINT_VERSION) -> str:
     """:func:`code_fingerprint` of one module whose source is ``source`` (e.g. an older revision's)."""
     from uebench import __version__

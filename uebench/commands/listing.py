@@ -18,6 +18,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     from uebench.budget import declared_threat_model
     from uebench.registry import ATTACKS, DEFENSES, PluginError, load_plugin
+    from uebench.release import FLOAT_UNTIL_RECOMPUTED
 
     if args.kind == "models":
         return list_models(args.time)
@@ -43,17 +44,29 @@ def cmd_list(args: argparse.Namespace) -> int:
                     threat = str(declared_threat_model(cls(), (3, 32, 32)))
                 except Exception as err:   # a plugin whose defaults do not build
                     threat = f"? ({type(err).__name__})"
-                rows.append([name, "ok", threat, cls.target, cls.describe()])
+                released = release_listing(name, cls, FLOAT_UNTIL_RECOMPUTED)
+                rows.append([name, "ok", threat, released, cls.target, cls.describe()])
             else:
                 rows.append([name, "ok", "", "/".join(cls.protocols), cls.describe()])
-        headers = ["name", "status", "threat model (32×32×3)" if kind == "attacks" else "",
-                   "target" if kind == "attacks" else "protocols", "paper"]
+        headers = (["name", "status", "threat model (32×32×3)", "released as uint8 by", "target", "paper"]
+                   if kind == "attacks" else ["name", "status", "", "protocols", "paper"])
         print(f"{kind} ({len(rows)})")
         print(tabulate(rows, headers=headers, tablefmt="simple"))
         print()
     for problem in broken_plugins:
         print(f"BROKEN plugin: {problem}")
     return 0
+
+
+def release_listing(name: str, cls: type, pending: frozenset[str]) -> str:
+    """How an attack's poison becomes uint8 images (uebench/release.py), for the listing."""
+    from uebench.api import Attack
+    if name in pending:
+        return "float (until recomputed)"
+    if any("release" in vars(c) for c in cls.__mro__ if c is not Attack):
+        return cls.release
+    # a built-in that declares no rule exports in its own generate (its docstring says how)
+    return "in generate" if cls.__module__.startswith(("attacks.", "uebench.attacks.")) else f"{cls.release} (default)"
 
 
 def is_detector(cls) -> bool:
