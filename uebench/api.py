@@ -223,12 +223,14 @@ class Attack(Method):
     def __call__(self, x: torch.Tensor, y: torch.Tensor, ctx: "Context") -> torch.Tensor:
         torch.manual_seed(ctx.seed)
         out = self.generate(x, y, ctx).detach().to("cpu", torch.float32)
+        clean = x.detach().to("cpu", torch.float32)
         if self.name in FLOAT_UNTIL_RECOMPUTED:         # uebench/release.py: the built-ins still pending
             ctx.notes["released_as"] = "float (until its row is recomputed)"
+        elif not on_uint8_grid(clean):
+            ctx.notes["released_as"] = "float (the clean images are not uint8)"
         else:
-            clean = x.detach().to("cpu", torch.float32)
             out = release_images(clean, out, self.release)
-            ctx.notes["released_as"] = self.release if on_uint8_grid(clean) else "float (the clean images are not uint8)"
+            ctx.notes["released_as"] = self.release
         return out.contiguous()
 
 

@@ -22,10 +22,10 @@ from uebench.heatmap import data_key, draw, draw_ratio, drawn_from
 from uebench.plan import CLEAN, NONE
 from uebench.protocols import get_protocol
 from uebench.ratio import CLEAN_PART, FULL, ratio_of, ratio_text, seed_file
-from uebench.spread import LEGEND, MARK, within_spread
 from uebench.ratio_board import ratio_frame, ratio_heading, ratio_lines, render_ratios
 from uebench.records import Record, RecordError, TableInfo, iter_records
 from uebench.registry import ATTACKS, DEFENSES, safe_segment
+from uebench.spread import LEGEND, MARK, within_spread
 from uebench.storage import method_fingerprint, write_atomic
 
 Entry = tuple[str, Record]   # a record and its path relative to the results folder

@@ -18,7 +18,6 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     from uebench.budget import declared_threat_model
     from uebench.registry import ATTACKS, DEFENSES, PluginError, load_plugin
-    from uebench.release import FLOAT_UNTIL_RECOMPUTED
 
     if args.kind == "models":
         return list_models(args.time)
@@ -44,8 +43,7 @@ def cmd_list(args: argparse.Namespace) -> int:
                     threat = str(declared_threat_model(cls(), (3, 32, 32)))
                 except Exception as err:   # a plugin whose defaults do not build
                     threat = f"? ({type(err).__name__})"
-                released = release_listing(name, cls, FLOAT_UNTIL_RECOMPUTED)
-                rows.append([name, "ok", threat, released, cls.target, cls.describe()])
+                rows.append([name, "ok", threat, release_listing(name, cls), cls.target, cls.describe()])
             else:
                 rows.append([name, "ok", "", "/".join(cls.protocols), cls.describe()])
         headers = (["name", "status", "threat model (32×32×3)", "released as uint8 by", "target", "paper"]
@@ -58,15 +56,17 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def release_listing(name: str, cls: type, pending: frozenset[str]) -> str:
+def release_listing(name: str, cls: type) -> str:
     """How an attack's poison becomes uint8 images (uebench/release.py), for the listing."""
     from uebench.api import Attack
-    if name in pending:
+    from uebench.registry import ATTACKS
+    from uebench.release import FLOAT_UNTIL_RECOMPUTED
+    if name in FLOAT_UNTIL_RECOMPUTED:
         return "float (until recomputed)"
     if any("release" in vars(c) for c in cls.__mro__ if c is not Attack):
         return cls.release
     # a built-in that declares no rule exports in its own generate (its docstring says how)
-    return "in generate" if cls.__module__.startswith(("attacks.", "uebench.attacks.")) else f"{cls.release} (default)"
+    return "in generate" if cls.__module__.startswith(ATTACKS.builtin_package + ".") else f"{cls.release} (default)"
 
 
 def is_detector(cls) -> bool:
