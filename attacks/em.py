@@ -8,6 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from uebench.api import Attack, ThreatModel
+from uebench.release import on_uint8_grid
 from uebench.toolkit.perturb import batch_stream, batches, pgd, project_linf
 from uebench.train import accuracy, autocast
 
@@ -33,8 +34,10 @@ class EM(Attack):
     clamp(δ·255, 0, 255) before adding it to the uint8 images, which zeroes every negative
     value of δ (acknowledged in the official repository, issue #13), so the published EM
     numbers come from the positive half of the noise. ``export="positive"`` (the default)
-    does the same: δ⁺ = max(δ, 0), added, then clipped to [0, 1] (without the uint8
-    truncation). ``export="signed"`` adds the whole δ the optimisation found, the method
+    does the same: δ⁺ = max(δ, 0) is added and the images are released as that pipeline
+    stores them, the uint8 image plus 255·δ⁺ in float32, truncated by numpy's
+    ``astype(np.uint8)`` (:func:`exported`, bit for bit; ``release = "truncate"`` then passes the
+    levels through). The class-wise noise goes through the same dataset class. ``export="signed"`` adds the whole δ the optimisation found, the method
     as the paper describes it. Measured on the `cpu` table (seed 0, one poison, clean row
     73.1 / 72.3 / 68.4): positive 36.1 / 67.0 / 67.8 and signed 21.3 / 48.9 / 63.3 under
     none / iss-gray / iss-jpeg. The default is the official export because a reader sets
@@ -57,6 +60,7 @@ class EM(Attack):
     """
 
     name = "em"
+    release = "truncate"
     paper = "Huang et al., Unlearnable Examples: Making Personal Data Unexploitable, ICLR"
     year = 2021
     presets = {
@@ -100,10 +104,14 @@ class EM(Attack):
     def initial_noise(self, x: torch.Tensor, ctx) -> torch.Tensor:
         return torch.zeros_like(x)
 
+    def image_noise(self, noise: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """The noise of images ``idx`` (labels ``y``): their own, sample-wise."""
+        return noise[idx]
+
     def perturbed(self, noise: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
                   idx: torch.Tensor) -> torch.Tensor:
         """Images ``idx`` (with pixels ``x`` and labels ``y``) with their noise, in [0, 1]."""
-        return (x + noise[idx]).clamp(0, 1)
+        return (x + self.image_noise(noise, y, idx)).clamp(0, 1)
 
     def noise_pass(self, model: nn.Module, noise: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
                    craft: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -153,7 +161,7 @@ class EM(Attack):
                           "em_crafting_images": len(craft)})
         if self.export == "positive":   # the official export keeps δ ≥ 0 only
             noise = noise.clamp_min(0)
-        return self.perturbed(noise, x, y, torch.arange(len(x), device=device))
+        return exported(x, self.image_noise(noise, y, torch.arange(len(x), device=device)))
 
     def crafted_fraction(self) -> float:
         """The share of the images the noise is optimised on."""
@@ -220,8 +228,8 @@ class EMClasswise(EM):
     def initial_noise(self, x, ctx):
         return torch.zeros(ctx.num_classes, *x.shape[1:], device=x.device)
 
-    def perturbed(self, noise, x, y, idx):
-        return (x + noise[y]).clamp(0, 1)
+    def image_noise(self, noise, y, idx):
+        return noise[y]
 
     def noise_pass(self, model, noise, x, y, craft, generator):
         for batch in batches(len(craft), self.batch_size, generator):
@@ -231,6 +239,17 @@ class EMClasswise(EM):
                              step_size=self.step_size, steps=self.steps, descend=True)
             noise = class_mean(noise, per_sample, labels, self.eps)
         return noise
+
+
+def exported(x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """The images the official pipeline stores (``PoisonCIFAR10``): the uint8 image plus 255·δ,
+    summed in float32, clipped to [0, 255] and truncated by numpy's ``astype(np.uint8)``, bit for
+    bit (a noise value of 3.99999/255 after five float32 steps adds 3 levels, not 4). Images off
+    the uint8 grid have no stored form: clamp(x + δ, 0, 1)."""
+    if not on_uint8_grid(x):
+        return (x + noise).clamp(0, 1)
+    levels = (x * 255).round() + noise * 255
+    return levels.clamp(0, 255).trunc() / 255
 
 
 def class_mean(noise: torch.Tensor, per_sample: torch.Tensor, labels: torch.Tensor,

@@ -49,16 +49,18 @@ class TAP(Attack):
       uebench's agrees with the official one on 99.98 % of the values; from its own
       projected start, on 93 % (``tests/test_parity_generators.py``, ``tap_official.npz``);
       the final target loss is the same to 3e-4.
-    - The poison is kept in float, not exported with the official round-half-up to uint8
-      (issue 26, item 2: pending).
     - Each batch runs all its steps before the next batch starts (the official loop
       sweeps the whole set once per step). With a fixed surrogate the two are the same
       optimisation, only the augmentation draws differ.
+
+    Released as the official ``export_poison`` writes it: each image rounded half up to
+    uint8, uint8(255·clamp(x + δ, 0, 1) + 0.5) (``release = "round"``).
     """
 
     name = "tap"
     paper = "Fowl et al., Adversarial Examples Make Strong Poisons, NeurIPS"
     year = 2021
+    release = "round"
     presets = {
         "smoke": {"steps": 5, "restarts": 2, "step_size": 2 / 255, "surrogate_epochs": 3, "batch_size": 64},
         "demo": {"steps": 20, "restarts": 1, "step_size": 1 / 255, "surrogate_epochs": 15, "batch_size": 256},

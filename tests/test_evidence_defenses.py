@@ -9,9 +9,9 @@ acc(attack, defense) − acc(attack, none) ≥ ½ · (acc(clean, none) − acc(a
 
 Measured (seed 0, committed table; clean 74.2 %; grayscale as APBench computes it, Pillow's
 luma of the uint8 image; EM with the official export, see attacks/em.py): class-wise noise
-56.0 → 69.7 with iss-gray; class-wise EM 51.8 → 71.5 with iss-gray; EM 19.4 → 64.3 with
-iss-gray (45 of the 55 points it took) and 50.9 with at; TAP 20.0 → 64.7 with iss-jpeg, 17.0
-with iss-gray. Published, grayscale takes EM from 20.8 % to 92.0 % (ResNet-18 surrogate and
+56.0 → 69.7 with iss-gray; class-wise EM 54.6 → 69.8 with iss-gray; EM 21.4 → 65.2 with
+iss-gray (44 of the 53 points it took) and 50.6 with at; TAP 18.0 → 63.4 with iss-jpeg, 18.4
+with iss-gray (EM, class-wise EM and TAP released as uint8 images since 2026-12-07). Published, grayscale takes EM from 20.8 % to 92.0 % (ResNet-18 surrogate and
 victim). With the signed noise (``-A em.export=signed``, the table's EM before 2026-12-01)
 grayscale won back only 28 of 53 points, and that share moved with the seed (28–56 % over
 seeds 0–2): much of "grayscale breaks EM" belongs to the positive-half export.

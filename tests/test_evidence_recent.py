@@ -16,7 +16,7 @@ acc(attack, defense) − acc(attack, none) ≥ ½ · (acc(clean, none) − acc(a
 
 Measured (seed 0, committed table; clean 74.2 %): conv-blur 27.3, under cutout / mixup / cutmix
 25.2 / 31.9 / 30.1, under COIN 47.6 (clean under COIN 58.1; the best cheap defense, UEraser-Lite,
-34.1); AUE 34.2 and AAP 34.0 without a defense; EM 19.4 → 69.1 under ECLIPSE; clean under D-VAE 49.9
+34.1); AUE 34.2 and AAP 34.0 without a defense; EM 21.4 → 68.6 under ECLIPSE (released as uint8, truncated); clean under D-VAE 49.9
 with the official rate weights (at the `cpu` preset's small VAE the purification itself costs 24 points;
 the other rows under D-VAE in `DVAE_ROWS`, `DVAE_MISSES` and, not yet recomputed, `DVAE_OUTDATED`);
 contrastive protocol: clean 47.6, AAP 40.1, AUE 45.3.
@@ -37,9 +37,9 @@ CHEAP = ["cutout", "mixup", "cutmix", "bdr", "gaussian", "median", "iss-gray", "
 # D-VAE 49.9), and where they do not (measured, %). DVAE_OUTDATED: rows whose D-VAE cell was made by the
 # earlier D-VAE code (β = 0.5 in stage 2; † in the leaderboard) and is not recomputed yet; they are left out
 # of the grid (CI would otherwise spend two hours on them) and their claims skip with that reason.
-DVAE_ROWS = ["ar", "ops", "lsp", "em-classwise", "classwise-noise", "ntga", "random-noise", "tue", "rem"]
+DVAE_ROWS = ["ar", "ops", "lsp", "em-classwise", "classwise-noise", "ntga", "random-noise", "tue", "rem", "em", "tap"]
 DVAE_MISSES = {"aue": 46.2, "aap": 42.2, "conv-blur": 21.4}
-DVAE_OUTDATED = ["em", "tap", "ucl", "ucl-classwise"]
+DVAE_OUTDATED = ["ucl", "ucl-classwise"]
 DVAE_CLEAN = 49.9
 
 
@@ -112,7 +112,7 @@ def test_contrastive_unlearnability(contrastive_acc, attack):
 
 
 def test_eclipse_wins_back_half_of_em(acc):
-    """Measured: EM 19.4 → 69.1 under ECLIPSE (clean 74.2; clean under ECLIPSE 73.1)."""
+    """Measured: EM 21.4 → 68.6 under ECLIPSE (clean 74.2; clean under ECLIPSE 73.1)."""
     skip_unless_available("em")
     taken, back = won_back(acc, "em", "eclipse")
     assert taken >= 0.25, f"em took only {taken:.3f}"
@@ -133,9 +133,10 @@ def test_dvae_removes_the_poison(acc, attack):
         f"{attack} under d-vae {acc[attack, 'd-vae']:.3f} vs clean under d-vae {acc['clean', 'd-vae']:.3f}")
 
 
-@pytest.mark.xfail(strict=True, reason="not at the cpu preset with the earlier D-VAE code: it cost clean data 35 "
-                                       "points (74.2 → 38.9), so it won back 22.5 of the 54.8 points EM takes")
 def test_dvae_wins_back_half_of_em(acc):
+    """Measured with the official rate weights, on the released EM: 21.4 → 50.9 under D-VAE, 29.5 of the
+    52.8 points EM takes (clean under D-VAE 49.9: the purification's own cost caps what it can win back).
+    With the earlier D-VAE code (stage-2 rate weight 0.5) it did not hold: 22.5 of 54.8."""
     skip_unless_available("em")
     if "em" in DVAE_OUTDATED:
         pytest.skip(outdated_reason("em"))

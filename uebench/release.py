@@ -38,8 +38,7 @@ ON_LEVEL = 1e-3
 # (issue 26, item 2): they keep handing over floats until their row is recomputed, when the
 # attack's module declares its rule and its name leaves this set. Plugins are never in it.
 FLOAT_UNTIL_RECOMPUTED = frozenset({
-    "aap", "ar", "aue", "classwise-noise", "em", "em-classwise", "lsp", "ntga", "tap",
-    "tue", "ucl", "ucl-classwise",
+    "aap", "ar", "aue", "classwise-noise", "lsp", "ntga", "tue", "ucl", "ucl-classwise",
 })
 
 
