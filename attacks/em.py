@@ -36,9 +36,10 @@ class EM(Attack):
     numbers come from the positive half of the noise. ``export="positive"`` (the default)
     does the same: δ⁺ = max(δ, 0) is added and the images are released as that pipeline
     stores them, the uint8 image plus 255·δ⁺ in float32, truncated by numpy's
-    ``astype(np.uint8)`` (:func:`exported`, bit for bit; ``release = "truncate"`` then passes the
-    levels through). The class-wise noise goes through the same dataset class. ``export="signed"`` adds the whole δ the optimisation found, the method
-    as the paper describes it. Measured on the `cpu` table (seed 0, one poison, clean row
+    ``astype(np.uint8)`` (:func:`exported`, bit for bit; ``release = "truncate"`` then passes
+    the levels through). The class-wise noise goes through the same dataset class.
+    ``export="signed"`` adds the whole δ the optimisation found, the method as the paper
+    describes it. Measured on the `cpu` table (seed 0, one poison, clean row
     73.1 / 72.3 / 68.4): positive 36.1 / 67.0 / 67.8 and signed 21.3 / 48.9 / 63.3 under
     none / iss-gray / iss-jpeg. The default is the official export because a reader sets
     our cells beside the published tables, which were made with it; the signed noise is

@@ -19,7 +19,8 @@ RULES = {
     "round": "the nearest level, halves up: uint8(255·x' + 0.5) (TAP's and AR's official exports; "
              "the default for an attack that declares none)",
     "truncate": "the level below: uint8(255·x') after float arithmetic, numpy's astype(np.uint8) "
-                "(EM's dataset class, LSP, OPS, CUDA)",
+                "(LSP, OPS, CUDA; EM and class-wise EM compute their dataset class's float32 sum "
+                "themselves, attacks/em.py)",
     "round-noise": "the clean level plus the noise rounded half to even, clipped: "
                    "clip(k + round(255·(x' − x)), 0, 255) (REM's and SEM's int8 noise)",
 }
