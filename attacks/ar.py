@@ -45,6 +45,9 @@ class AR(Attack):
     Defaults (paper, published CIFAR-10 poison): L2 ``eps`` 1, ``crop`` 4 (36×36 generated
     for 32×32 images), the published coefficients; for the search, 3 trials, ``max_rms``
     and the selection rule are ours (see Deviations).
+    Released as the official ``export_poison`` stores it: clamp(x + δ, 0, 1) as PNG through
+    uint8(255·x' + 0.5), rounded half up (``release = "round"``; the L2 budget guard allows the
+    half level each value may move).
     Parity: ``tests/test_parity.py`` checks the coefficients and the official perturbation
     of a stored start noise (L2 and L∞).
 
@@ -69,6 +72,7 @@ class AR(Attack):
     """
 
     name = "ar"
+    release = "round"
     paper = "Sandoval-Segura et al., Autoregressive Perturbations for Data Poisoning, NeurIPS"
     year = 2022
     eps: float = 1.0

@@ -24,9 +24,15 @@ class ClasswiseNoise(Attack):
     to 32×32 took it to 48 %. A low-frequency pattern survives shifts, so it is the
     shortcut a benchmark should use. ``grid`` equal to the image size gives the
     per-pixel variant.
+
+    Released as uint8 images by rounding to the nearest level (``release = "round"``): the
+    baseline is ours, not an official pipeline's, and rounding keeps the pattern signed and
+    within ±ε (EM's dataset class, which the paper's class-wise baseline went through, zeroes
+    the negative half; that export is EM's, ``attacks/em.py``).
     """
 
     name = "classwise-noise"
+    release = "round"
     paper = "class-wise noise baseline, Huang et al., Unlearnable Examples, ICLR"
     year = 2021
     eps: float = 8 / 255

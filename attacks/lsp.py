@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from uebench.api import Attack, ThreatModel
+from uebench.release import on_uint8_grid
 
 
 @dataclass
@@ -24,10 +25,15 @@ class LSP(Attack):
     6/255 (per-pixel RMS scale), ``class_sep`` 10, one fresh point per image. The L2
     budget depends on the image size, so ``threat_model`` takes ``image_shape``.
 
+    The official export: the noise is added to the images in float64 (x/255 + δ) and the
+    sum is stored as clip(255·(x/255 + δ), 0, 255) truncated by numpy's ``astype(np.uint8)``
+    (``cifar_train.py``). LSP releases its images that way itself (:func:`exported`, the same
+    float64 arithmetic; ``release = "truncate"`` then passes the levels through): truncation
+    shifts every image by −0.5/255 on average and can take a negative δ one level past the L2
+    budget, which the budget guard allows for a truncated release. The generic rule would read a
+    value within 10⁻³ of a level as that level; the official export does not.
+
     Deviations:
-      - The poison stays in floats, as every poison here (the budget is checked on it);
-        the official export truncates (x + δ)·255 to uint8, which shifts every image by
-        −0.49/255 on average and can exceed the L2 budget by rounding. Not matched.
       - ``classwise=True`` (not in the paper) gives every image of a class the same
         point, the class's first; the default keeps the paper's one point per image.
       - Points are drawn per class as many as the largest class needs, so imbalanced
@@ -39,6 +45,7 @@ class LSP(Attack):
     """
 
     name = "lsp"
+    release = "truncate"
     paper = "Yu et al., Availability Attacks Create Shortcuts, KDD"
     year = 2022
     eps: float = 6 / 255
@@ -59,6 +66,10 @@ class LSP(Attack):
         return ThreatModel("l2", self.l2_budget(image_shape))
 
     def generate(self, x, y, ctx):
+        return exported(x, self.noise(x, y, ctx))
+
+    def noise(self, x, y, ctx) -> torch.Tensor:
+        """δ (float32, the shape of ``x``): each image's toy point as patches, at the L2 budget."""
         c, h, w = x.shape[1:]
         patch = self._patch_for(c, h, w, ctx.num_classes)
         grid_h, grid_w = math.ceil(h / patch), math.ceil(w / patch)
@@ -68,7 +79,7 @@ class LSP(Attack):
         noise = coarse.repeat_interleave(patch, 2).repeat_interleave(patch, 3)[:, :, :h, :w]
         noise = noise / noise.flatten(1).norm(dim=1).clamp_min(1e-12)[:, None, None, None]
         ctx.notes["lsp_patch_size"] = patch
-        return (x + self.l2_budget((c, h, w)) * noise.to(x.device)).clamp(0, 1)
+        return self.l2_budget((c, h, w)) * noise.to(x.device)
 
     def _patch_for(self, c: int, h: int, w: int, num_classes: int) -> int:
         patch = self.patch_size
@@ -95,6 +106,16 @@ class LSP(Attack):
         if self.classwise:
             return table[y, 0]
         return table[y, _rank_within_class(y)]
+
+
+def exported(x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """The images the official script stores: clip(255·(k/255 + δ), 0, 255) in float64, truncated
+    as numpy's ``astype(np.uint8)`` (k the clean level). Images off the uint8 grid have no stored
+    form: clamp(x + δ, 0, 1)."""
+    if not on_uint8_grid(x):
+        return (x + noise).clamp(0, 1)
+    levels = ((x.double() * 255).round() / 255 + noise.double()) * 255
+    return (levels.clamp(0, 255).trunc() / 255).float()
 
 
 def _rank_within_class(y: torch.Tensor) -> torch.Tensor:

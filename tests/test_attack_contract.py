@@ -64,11 +64,13 @@ def test_attack_contract(name, data_name, tmp_path):
     if getattr(attack, "path", None) == "":
         pytest.skip(f"{name} imports a file and none was given")
 
-    out = attack(x, y, make_context(data, tmp_path))
+    ctx = make_context(data, tmp_path)
+    out = attack(x, y, ctx)
 
     assert out.shape == x.shape and out.dtype == torch.float32
     assert out.min() >= 0 and out.max() <= 1
-    check_budget(x, out, declared_threat_model(attack, x.shape[1:]))
+    # as the runner checks it (uebench/cell.py): an L2 budget allows what the release moves
+    check_budget(x, out, declared_threat_model(attack, x.shape[1:]), released=ctx.notes.get("released_as"))
     assert not torch.equal(out, x), f"{name} left every image unchanged"
     if data_name in UINT8 and name not in FLOAT_UNTIL_RECOMPUTED:
         assert on_uint8_grid(out), f"{name} hands over images off the uint8 grid: declare its release rule"

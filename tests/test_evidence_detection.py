@@ -6,12 +6,15 @@ not be); the bias-shifting noise test separates OPS images from clean ones (AURO
 shortcut survives a constant shift of the pixels, the images do not); the training-free residual
 detector sees the per-pixel class-wise noise of Huang et al.
 (``grid=32``, high-frequency) above chance; and orthogonal projection wins back at least half of
-what the table's (smooth) class-wise noise took. What does not hold: no detector reaches an AUROC
-of 0.9 on the table's smooth class-wise noise (0.50–0.86): a 4×4-grid pattern of 8/255 lies in the
-frequencies where natural images vary most, and half of each split is clean. The training-free
-class-shift baseline (a matched filter for a class's mean shift) finds it best (0.86), and finds
-every pattern that a class shares: the per-pixel class-wise noise of Huang et al., LSP, OPS and
-class-wise EM at AUROC 0.998 or above.
+what the table's (smooth) class-wise noise took. The training-free class-shift baseline (a matched
+filter for a class's mean shift) finds every pattern that a class shares: the per-pixel class-wise
+noise of Huang et al., LSP, OPS and class-wise EM at AUROC 0.998 or above, and the table's smooth
+class-wise noise at 0.997 since it is released as uint8 images (2026-12-07): rounding a smooth
+pattern to levels leaves a class-shared staircase of up to half a level, with edges where natural
+images vary least, and the whitened filter finds that residual alone at 0.993 (measured with the
+detector on the float pattern, its released images, and the residual; as floats the smooth pattern
+scored 0.855: it lies in the frequencies where natural images vary most). The learned detectors
+stay near chance on it (0.50–0.58).
 """
 from __future__ import annotations
 
@@ -56,7 +59,8 @@ def test_orthogonal_projection_wins_back_half_of_class_wise_noise(evidence):
 
 def test_the_class_shift_baseline_finds_what_a_class_shares(evidence_records):
     """Measured: the per-pixel class-wise noise 1.000, LSP 1.000, class-wise EM 1.000, OPS 0.998; the
-    table's smooth class-wise noise 0.855, the best of any detector, not the issue's 0.9."""
+    table's smooth class-wise noise, released as uint8 images, 0.997 (0.855 as floats): the issue's
+    0.9 on class-wise noise holds."""
     records = evidence_records(["lsp", "ops", "em-classwise", "classwise-noise"], ["class-shift-detect"], **DETECTION)
     per_pixel = evidence_records(["classwise-noise"], ["class-shift-detect"],
                                  attack_params={"classwise-noise": {"grid": 32}}, **DETECTION)
@@ -64,4 +68,4 @@ def test_the_class_shift_baseline_finds_what_a_class_shares(evidence_records):
     for attack in ("lsp", "ops", "em-classwise"):
         assert auroc[attack] >= 0.99, (attack, auroc[attack])
     (grid32,) = [v for attack, v in auroc.items() if attack.startswith("classwise-noise@")]
-    assert grid32 >= 0.99 and auroc["classwise-noise"] >= 0.8, auroc
+    assert grid32 >= 0.99 and auroc["classwise-noise"] >= 0.9, auroc

@@ -13,8 +13,9 @@ Measured (seed 0, committed table; clean 74.2 %), LE at the official per-image g
 strength (its distances averaged over a batch of 500, ``guidance_batch``; see
 defenses/le.py): clean under LE 71.9 %, under AVATAR 65.1 %; EM (the official export, released
 as uint8 images since 2026-12-07) 21.4 → 70.3 with LE (49 of the 53 points back) and 65.0 with
-AVATAR (as floats: 19.4 → 71.5 and 63.9; with the signed EM before 2026-12-01: 21.3 → 64.1 and 60.3); class-wise noise 56.0 → 67.5 with LE (11.5 of 18 points
-back) and 63.7 with AVATAR. All three claims hold at this scale. With 500 times the official strength
+AVATAR (as floats: 19.4 → 71.5 and 63.9; with the signed EM before 2026-12-01: 21.3 → 64.1 and 60.3); class-wise noise
+(released as uint8 images since 2026-12-07) 57.8 → 67.2 with LE (9.4 of 16.4 points back) and 64.0 with AVATAR (as
+floats: 56.0 → 67.5 and 63.7). All three claims hold at this scale. With 500 times the official strength
 (``guidance_batch=1``, uebench's default before 2026-12) they did not in 2026-11: EM (the
 signed export of then) 51.9 and class-wise noise 62.3 with LE, so LE lost to AVATAR on EM and
 won back only a third of class-wise noise (on today's EM the strong pull gives 70.3; the side
@@ -70,10 +71,6 @@ def test_le_beats_avatar_on_em(grid):
         f"LE {acc(grid, 'em', 'le'):.3f} vs AVATAR {acc(grid, 'em', 'avatar'):.3f} on EM"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the committed cells span two diffusion models: EM under LE and AVATAR (recomputed 2026-12-07 on the released "
-    "poison) use the current code's model (cache key aca7d92e…), clean and class-wise noise the one of 2026-12-01 "
-    "(e6d9955a…); rerun clean and classwise-noise under le and avatar to put the grid on one model"))
 def test_one_diffusion_model_of_the_reference_split_serves_every_cell(grid):
     notes = [r.notes["defense"] for (a, d), r in grid.items() if d in ("le", "avatar")]
     assert len(notes) == 3

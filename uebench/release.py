@@ -19,8 +19,8 @@ RULES = {
     "round": "the nearest level, halves up: uint8(255·x' + 0.5) (TAP's and AR's official exports; "
              "the default for an attack that declares none)",
     "truncate": "the level below: uint8(255·x') after float arithmetic, numpy's astype(np.uint8) "
-                "(LSP, OPS, CUDA; EM and class-wise EM compute their dataset class's float32 sum "
-                "themselves, attacks/em.py)",
+                "(OPS, CUDA; EM, class-wise EM and LSP compute their official pipeline's float sum "
+                "themselves, attacks/em.py and attacks/lsp.py)",
     "round-noise": "the clean level plus the noise rounded half to even, clipped: "
                    "clip(k + round(255·(x' − x)), 0, 255) (REM's and SEM's int8 noise)",
 }
@@ -39,7 +39,7 @@ ON_LEVEL = 1e-3
 # (issue 26, item 2): they keep handing over floats until their row is recomputed, when the
 # attack's module declares its rule and its name leaves this set. Plugins are never in it.
 FLOAT_UNTIL_RECOMPUTED = frozenset({
-    "aap", "ar", "aue", "classwise-noise", "lsp", "ntga", "tue", "ucl", "ucl-classwise",
+    "aap", "aue", "ntga", "tue", "ucl", "ucl-classwise",
 })
 
 
