@@ -181,6 +181,12 @@ class NTGA(Attack):
     (8,000 CIFAR images) validates each block on the 4,000 images of the other half, about
     2 min on 2 cores with the FNN; ``demo`` and ``smoke`` use smaller blocks. ``cnn_channels`` is 16 in all presets.
 
+    Released rounded to the nearest level, uint8(255·x' + 0.5) (``release = "round"``): the official
+    code saves the float32 array it optimised (``np.save`` of ``x_train_adv`` in ``generate_attack.py``,
+    lionelmessi6410/ntga 0bc7308) and its ``evaluate.py`` trains on those floats, so it exports no
+    images; a data owner publishing NTGA's poison as images rounds it, which keeps it in the L∞ ball
+    (the clean image and ±ε lie on levels).
+
     The validation split comes from the protected training data, never the test set:
     the protected set is split in two halves (seeded); each block of one half is attacked
     against ``val_size`` clean images drawn from the other half, so every image is
@@ -201,6 +207,7 @@ class NTGA(Attack):
     """
 
     name = "ntga"
+    release = "round"
     paper = "Yuan & Wu, Neural Tangent Generalization Attacks, ICML"
     year = 2021
     presets = {

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from uebench.api import Attack, ThreatModel
+from uebench.attacks.em import exported
 from uebench.toolkit.contrastive import ContrastiveConfig, contrastive_loss, make_simclr, simclr_augmentation
 from uebench.toolkit.perturb import batches, pgd_step, uniform_start
 
@@ -66,9 +67,17 @@ class TUE(Attack):
       projection head (the official SimCLR model is a ResNet-18 with a BN projection
       head); views are kornia's differentiable SimCLR augmentations.
     - δ is projected so that x + δ stays in [0, 1] after every step.
+
+    The official export: the supervised evaluation (``TransferCIFAR10Pair`` in ``utils.py``,
+    renjie3/TUE 6b3752b) adds 255·δ, clamped to ±9 levels (no effect within ε = 8/255), to the
+    uint8 images in float32, clips to [0, 255] and truncates with ``astype(np.uint8)``, the
+    arithmetic of EM's dataset class: TUE releases its images that way itself (EM's
+    :func:`attacks.em.exported`, bit for bit; ``release = "truncate"`` then passes the levels
+    through). :meth:`noise` returns δ before the export, clamped to ±ε as the official noise is.
     """
 
     name = "tue"
+    release = "truncate"
     paper = "Ren, Xu, Wan, Ma, Sun, Tang, Transferable Unlearnable Examples, ICLR"
     year = 2023
     target = "contrastive"
@@ -102,6 +111,10 @@ class TUE(Attack):
         return ThreatModel("linf", self.eps)
 
     def generate(self, x, y, ctx):
+        return exported(x.to(ctx.device), self.noise(x, y, ctx))
+
+    def noise(self, x, y, ctx) -> torch.Tensor:
+        """The optimised δ (x + δ in [0, 1]), before the official export."""
         device = ctx.device
         x, y = x.to(device), y.to(device)
         gen = ctx.generator(201)
@@ -139,7 +152,9 @@ class TUE(Attack):
             bar.update(1)
             bar.set_postfix(objective=f"{objective:.4f}")
         bar.close()
-        return (x + delta).clamp(0, 1)
+        # (x + δ).clamp(0, 1) − x can end a float32 ulp below −ε (at level 24, for one), which the
+        # export's truncation takes to a ninth level; the official noise is clamp(δ, −ε, ε) itself
+        return delta.clamp(-self.eps, self.eps)
 
     def _noise_steps(self, x, y, d, surrogate, augment, cfg) -> tuple[torch.Tensor, float]:
         """``pgd_steps`` signed descent steps on one batch's δ; returns it and the last objective."""

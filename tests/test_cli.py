@@ -94,10 +94,10 @@ def test_list_shows_methods_with_paper_threat_model_and_target(capsys):
     assert code == 0
     line = next(l for l in out.splitlines() if l.startswith("classwise-noise"))
     assert "L∞ 8/255" in line and "supervised" in line and "Huang" in line
-    released = {l.split()[0]: l for l in out.splitlines() if l.startswith(("random-noise ", "conv-blur ", "em ", "lsp ", "ntga "))}
+    released = {l.split()[0]: l for l in out.splitlines() if l.startswith(("random-noise ", "conv-blur ", "em ", "lsp ", "ucl "))}
     assert "  round  " in released["random-noise"] and "in generate" in released["conv-blur"]
     assert "  truncate  " in released["em"] and "  truncate  " in released["lsp"]
-    assert "float (until recomputed)" in released["ntga"]
+    assert "float (until recomputed)" in released["ucl"]
     code, out, _ = _run(capsys, "list", "defenses")
     assert "attacks (" not in out and any(l.startswith("none ") for l in out.splitlines())
 

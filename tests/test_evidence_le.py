@@ -84,20 +84,10 @@ def test_one_diffusion_model_of_the_reference_split_serves_every_cell(grid):
     assert all(n["schedule"]["timesteps"] == [20, 15, 10, 5, 0] and "perceptual" in n for n in le_notes)
 
 
-# Rows whose poison changed after the side run (EM and class-wise EM released as uint8 images, 2026-12-07): the
-# side-run record holds the earlier poison, so the comparison says nothing until it is rerun (the command in
-# leaderboard/side-runs/README.md with --attacks em,em-classwise).
-STRONG_PULL_OUTDATED = ["em", "em-classwise"]
-
-
-@pytest.mark.parametrize("attack", [
-    pytest.param(attack, marks=pytest.mark.skip(reason=(
-        f"the strong-pull side run of {attack} was made from its float poison; rerun it on the released one "
-        "(leaderboard/side-runs/README.md)"))) if attack in STRONG_PULL_OUTDATED else attack
-    for attack in ["em", "em-classwise", "ops"]])
+@pytest.mark.parametrize("attack", ["em", "em-classwise", "ops"])
 def test_the_official_strength_keeps_no_more_of_the_poison_than_the_strong_pull(evidence_records, attack):
-    """Measured: OPS 62.9 against 47.4 at the strong pull; on the float poisons of 2026-12-01, EM 71.5 against 70.3
-    and class-wise EM 62.2 against 55.5."""
+    """Measured: OPS 62.9 against 47.4 at the strong pull (2026-12-01); on the released poisons (2026-12-07), EM 70.3
+    against 69.6 and class-wise EM 62.3 against 56.0."""
     skip_unless_available(attack)
     from uebench.records import read_record
     official = evidence_records([attack], ["le"])[(attack, "le")]

@@ -2,9 +2,7 @@
 6, 7) and planning before the data is on disk (item 12). Each test fails on the code before."""
 from __future__ import annotations
 
-import json
 import shutil
-import textwrap
 from pathlib import Path
 
 import numpy as np

@@ -45,3 +45,33 @@ def test_csd_has_finite_gradients_for_singletons_and_collapsed_classes():
     (grad,) = torch.autograd.grad(class_separability(delta, y), delta)
     assert torch.isfinite(grad).all()
     assert class_separability(delta[:1], y[:1]).item() == 0.0   # one class: nothing to separate
+
+
+def test_tue_releases_its_images_as_the_official_evaluation_loads_them():
+    """TransferCIFAR10Pair (official utils.py) adds clamp(255·δ, −9, 9) to the uint8 images in
+    float32, clips to [0, 255] and truncates with astype(np.uint8): the same δ through numpy gives
+    the same images, level for level, within the L∞ budget."""
+    import numpy as np
+
+    from conftest import grey_images, make_ctx
+    from uebench.attacks.tue import TUE
+    from uebench.budget import check_budget, declared_threat_model
+    from uebench.release import release_images
+
+    _, y = grey_images(n=200, size=32, classes=10)
+    # uint8 images of every level: at level 24, x + (−ε) − x is a float32 ulp below −ε, which the
+    # official truncation would take to a ninth level (found by the budget guard on the subset)
+    x = torch.randint(0, 256, (200, 3, 32, 32), generator=torch.Generator().manual_seed(0)).float() / 255
+    attack = TUE(epochs=1, pgd_steps=15, batch_size=100)      # 12/255 of travel: many values end at ±ε
+    delta = attack.noise(x, y, make_ctx(classes=10, shape=(3, 32, 32)))
+    released = attack(x, y, make_ctx(classes=10, shape=(3, 32, 32)))
+    data = (x * 255).round().numpy().astype(np.uint8).astype(np.float32)
+    noise_255 = (delta * 255).clamp(-9, 9).numpy()
+    official = np.clip(data + noise_255, 0, 255).astype(np.uint8)
+    assert torch.equal((released * 255).round().to(torch.uint8), torch.from_numpy(official))
+    check_budget(x, released, declared_threat_model(attack, (3, 32, 32)), released="truncate")
+    # Why TUE exports itself: float32 steps leave values a hair below a level, which the official
+    # truncation drops a level and the generic rule reads as the level.
+    generic = release_images(x, (x + delta).clamp(0, 1), "truncate")
+    print("values where the generic rule differs:", int((generic != released).sum()), "of", released.numel())
+    assert (generic != released).sum() > 0
