@@ -19,8 +19,8 @@ RULES = {
     "round": "the nearest level, halves up: uint8(255·x' + 0.5) (TAP's and AR's official exports; "
              "the default for an attack that declares none)",
     "truncate": "the level below: uint8(255·x') after float arithmetic, numpy's astype(np.uint8) "
-                "(OPS, CUDA; EM, class-wise EM and LSP compute their official pipeline's float sum "
-                "themselves, attacks/em.py and attacks/lsp.py)",
+                "(OPS, CUDA; EM, class-wise EM, TUE and LSP compute their official pipeline's float "
+                "sum themselves, attacks/em.py and attacks/lsp.py)",
     "round-noise": "the clean level plus the noise rounded half to even, clipped: "
                    "clip(k + round(255·(x' − x)), 0, 255) (REM's and SEM's int8 noise)",
 }

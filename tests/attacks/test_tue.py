@@ -1,10 +1,14 @@
 """TUE, transferable unlearnable examples (attacks/tue.py), and its class-wise separability loss."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
+from conftest import grey_images, make_ctx
 from contrastive_poisons import poisons  # noqa: F401, F811 (the fixture)
-from uebench.attacks.tue import class_separability
+from uebench.attacks.tue import TUE, class_separability
+from uebench.budget import check_budget, declared_threat_model
+from uebench.release import release_images
 from uebench.toolkit.perturb import pgd_step
 
 EPS = 8 / 255
@@ -51,13 +55,6 @@ def test_tue_releases_its_images_as_the_official_evaluation_loads_them():
     """TransferCIFAR10Pair (official utils.py) adds clamp(255·δ, −9, 9) to the uint8 images in
     float32, clips to [0, 255] and truncates with astype(np.uint8): the same δ through numpy gives
     the same images, level for level, within the L∞ budget."""
-    import numpy as np
-
-    from conftest import grey_images, make_ctx
-    from uebench.attacks.tue import TUE
-    from uebench.budget import check_budget, declared_threat_model
-    from uebench.release import release_images
-
     _, y = grey_images(n=200, size=32, classes=10)
     # uint8 images of every level: at level 24, x + (−ε) − x is a float32 ulp below −ε, which the
     # official truncation would take to a ninth level (found by the budget guard on the subset)
@@ -71,7 +68,6 @@ def test_tue_releases_its_images_as_the_official_evaluation_loads_them():
     assert torch.equal((released * 255).round().to(torch.uint8), torch.from_numpy(official))
     check_budget(x, released, declared_threat_model(attack, (3, 32, 32)), released="truncate")
     # Why TUE exports itself: float32 steps leave values a hair below a level, which the official
-    # truncation drops a level and the generic rule reads as the level.
+    # truncation drops a level and the generic rule reads as the level (measured: 26,730 of 614,400).
     generic = release_images(x, (x + delta).clamp(0, 1), "truncate")
-    print("values where the generic rule differs:", int((generic != released).sum()), "of", released.numel())
     assert (generic != released).sum() > 0
